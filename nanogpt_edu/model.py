@@ -1,0 +1,198 @@
+"""The GPT-2 architecture, written the way nanoGPT's ``model.py`` writes it.
+
+One class per concept: ``LayerNorm``, ``CausalSelfAttention``, ``MLP``, ``Block`` and ``GPT``, configured by the
+``GPTConfig`` dataclass. Parameter names match Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a
+matter of copying tensors (see ``nanogpt_edu.porting``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+GELU_KINDS = ("tanh", "exact")
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT. The defaults are GPT-2 small (124M parameters)."""
+
+    block_size: int = 1024  # longest context the model can see (number of position embeddings)
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary: 50,000 merges + 256 bytes + <|endoftext|>
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # GPT-2 has biases in its Linears and LayerNorms; nanoGPT can train without
+    gelu: str = "tanh"  # "tanh" as GPT-2 was trained, or "exact" (erf) as nanoGPT's current code uses
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.gelu not in GELU_KINDS:
+            raise ValueError(f"gelu must be one of {GELU_KINDS}, got {self.gelu!r}")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's own could not turn the bias off before version 2.1)."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # eps 1e-5 is what GPT-2 was trained with (Hugging Face's layer_norm_epsilon)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention in which each position may only look at itself and earlier positions."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        # one matmul makes queries, keys and values for all heads at once
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()  # batch, sequence length, n_embd
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_size): heads become a batch dimension
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # scaled_dot_product_attention picks a fused kernel where one exists; is_causal applies the triangle mask
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, n_head, T, head_size)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """The feed-forward part of a block: widen 4x, GELU, narrow back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        # GPT-2 was trained with the tanh approximation of GELU (Hugging Face calls it "gelu_new"); the exact,
+        # erf-based GELU differs by up to ~1e-3 per activation, small but enough to move ported logits visibly.
+        self.gelu_approximate = "tanh" if config.gelu == "tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.c_fc(x), approximate=self.gelu_approximate)
+        return self.dropout(self.c_proj(x))
+
+
+class Block(nn.Module):
+    """One transformer block: attention then MLP, each on a layer-normed input and added back (pre-norm)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    """A GPT-2-style language model: token + position embeddings, ``n_layer`` blocks, a final norm, a tied head."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the head that scores tokens is the same matrix that embeds them (as in GPT-2)
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # residual projections get a smaller init so the residual stream does not grow with depth (GPT-2 paper)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Return the number of parameters, counting the tied embedding/head matrix once.
+
+        With ``non_embedding=True`` (nanoGPT's default) the position embeddings are left out; the token
+        embeddings stay in because, being tied, they are also the weights of the output layer.
+        """
+        n_params = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(logits, loss)`` for token ids ``idx`` of shape (B, T).
+
+        With ``targets`` (B, T) the logits cover every position, (B, T, vocab_size), and ``loss`` is the mean
+        cross-entropy (targets of -1 are ignored). Without targets only the last position is scored, giving
+        (B, 1, vocab_size) and ``loss=None``: generation needs nothing else, and it saves the big head matmul.
+        """
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(
+                f"cannot forward a sequence of {T} tokens: block_size is {self.config.block_size}; "
+                f"crop the context to its last {self.config.block_size} tokens first"
+            )
+        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, n_embd)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, vocab_size)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            return logits, loss
+        # list index [-1] keeps the time dimension: (B, 1, vocab_size)
+        return self.lm_head(x[:, [-1], :]), None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "GPT":
+        """Return a ``GPT`` with GPT-2 weights: a name (``gpt2`` ... ``gpt2-xl``) or a Hugging Face folder.
+
+        See ``nanogpt_edu.porting.from_pretrained``, which does the work.
+        """
+        from .porting import from_pretrained  # porting imports this module, so import it late
+
+        return from_pretrained(name_or_path, **kwargs)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv with everything nanogpt-edu needs (safe to run again). Used by `make setup` and CI.
+#
+#   PYTHON=python3.11 bash scripts/setup.sh     # pick the interpreter
+#   TORCH_SPEC="torch==2.13.0" (default)       # the torch to install when .venv has none yet
+#
+# torch is installed first, on its own: with a torch already present, the project's loose requirement
+# (torch>=2.2) is satisfied and pip downloads nothing more. A GPU user installs the CUDA build of torch into
+# .venv before running this script (see the README), and this script leaves it alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  echo "installing $TORCH_SPEC"
+  "$VENV/bin/pip" install --quiet --progress-bar off "$TORCH_SPEC"
+fi
+echo "installing nanogpt-edu and its dependencies into $VENV"
+"$VENV/bin/pip" install --quiet --progress-bar off -e ".[test]"
+"$VENV/bin/python" -c "import torch, nanogpt_edu; print(f'ready: torch {torch.__version__}, nanogpt_edu {nanogpt_edu.__version__}')"

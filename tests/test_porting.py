@@ -1,0 +1,196 @@
+import json
+import time
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from nanogpt_edu.model import GPT, GPTConfig
+from nanogpt_edu.porting import (
+    GPT2_DIMS, TRANSPOSED, ModelNotAvailableError, PortingError, from_pretrained, gpt2_config,
+    load_hf_folder, port_hf_state_dict, save_hf_folder,
+)
+from helpers import run_python
+
+TINY_HF = dict(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=50257)
+
+
+def random_hf_folder(tmp_path, seed=0, **dims):
+    """Save a randomly initialised GPT2LMHeadModel with save_pretrained; return (model, folder)."""
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(GPT2Config(**dims)).eval()
+    # GPT-2's fresh init has zero biases and unit LayerNorm gains: randomise them too, so that a
+    # wrongly copied bias or gain cannot hide
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.normal_(mean=1.0 if name.endswith("weight") else 0.0, std=0.1)
+    folder = tmp_path / f"hf-{seed}"
+    hf.save_pretrained(folder)
+    return hf, folder
+
+
+def assert_parity(hf, ours, block_size, vocab_size=50257):
+    gen = torch.Generator().manual_seed(123)
+    prompts = [torch.randint(0, vocab_size, (1, n), generator=gen) for n in (1, 5, 17)]
+    prompts.append(torch.randint(0, vocab_size, (2, block_size), generator=gen))  # a full block, batch 2
+    with torch.no_grad():
+        for idx in prompts:
+            expected = hf(idx).logits[:, -1, :]
+            logits, _ = ours(idx)
+            assert logits.shape == (idx.shape[0], 1, vocab_size)
+            assert (logits[:, 0, :] - expected).abs().max().item() < 1e-4
+
+
+def test_parity_with_hugging_face_tiny(tmp_path):
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    ours = from_pretrained(folder)
+    assert not ours.training
+    assert_parity(hf, ours, block_size=32)
+
+
+@pytest.mark.slow
+def test_parity_with_hugging_face_gpt2_124m_dims(tmp_path):
+    hf, folder = random_hf_folder(tmp_path, seed=1, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
+    ours = GPT.from_pretrained(folder)
+    assert ours.get_num_params(non_embedding=False) == 124_439_808
+    assert_parity(hf, ours, block_size=1024)
+
+
+@pytest.mark.parametrize("name, count", [
+    ("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200),
+])
+def test_gpt2_parameter_counts_without_allocating(name, count):
+    with torch.device("meta"):
+        model = GPT(gpt2_config(name))
+    assert model.get_num_params(non_embedding=False) == count
+    assert model.transformer.wte.weight.is_meta
+
+
+def test_dims_table():
+    assert GPT2_DIMS["gpt2-xl"] == dict(n_layer=48, n_head=25, n_embd=1600)
+    config = gpt2_config("gpt2-medium")
+    assert (config.vocab_size, config.block_size, config.bias) == (50257, 1024, True)
+
+
+def test_exactly_four_weights_per_block_are_transposed(tmp_path):
+    hf, _ = random_hf_folder(tmp_path, **TINY_HF)
+    hf_sd = hf.state_dict()
+    ported = port_hf_state_dict(hf_sd, GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=64))
+    transposed = [k for k in ported if not torch.equal(ported[k], hf_sd[k])]
+    assert len(transposed) == 4 * 2
+    assert all(k.endswith(TRANSPOSED) for k in transposed)
+    for k in transposed:
+        assert torch.equal(ported[k], hf_sd[k].t())
+
+
+def test_bare_keys_and_mask_buffers_as_in_openai_upload(tmp_path):
+    # OpenAI's own upload is a GPT2Model: no "transformer." prefix, no lm_head, and the causal mask as a buffer
+    hf, _ = random_hf_folder(tmp_path, **TINY_HF)
+    bare = {k.removeprefix("transformer."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
+    for i in range(2):
+        bare[f"h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 32, 32))
+        bare[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    config = GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=64)
+    ported = port_hf_state_dict(bare, config)
+    model = GPT(config).eval()
+    model.load_state_dict(ported)
+    assert torch.equal(model.lm_head.weight, hf.lm_head.weight)
+
+
+def tiny_state_dict(tmp_path):
+    hf, _ = random_hf_folder(tmp_path, **TINY_HF)
+    return dict(hf.state_dict()), GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=64)
+
+
+def test_missing_key_is_named(tmp_path):
+    sd, config = tiny_state_dict(tmp_path)
+    del sd["transformer.h.1.mlp.c_fc.bias"]
+    with pytest.raises(PortingError, match=r"missing key 'transformer\.h\.1\.mlp\.c_fc\.bias'"):
+        port_hf_state_dict(sd, config)
+
+
+def test_wrong_shape_names_key_and_both_shapes(tmp_path):
+    sd, config = tiny_state_dict(tmp_path)
+    sd["transformer.h.0.attn.c_attn.weight"] = torch.zeros(192, 64)  # already transposed: wrong for Conv1D
+    with pytest.raises(PortingError) as err:
+        port_hf_state_dict(sd, config)
+    message = str(err.value)
+    assert "'transformer.h.0.attn.c_attn.weight'" in message
+    assert "(192, 64)" in message and "(64, 192)" in message
+
+
+def test_wrong_shape_of_plain_tensor(tmp_path):
+    sd, config = tiny_state_dict(tmp_path)
+    sd["transformer.wpe.weight"] = torch.zeros(16, 64)
+    with pytest.raises(PortingError, match=r"'transformer\.wpe\.weight': Hugging Face has \(16, 64\), our GPT expects \(32, 64\)"):
+        port_hf_state_dict(sd, config)
+
+
+def test_unexpected_key_is_named(tmp_path):
+    sd, config = tiny_state_dict(tmp_path)
+    sd["transformer.h.2.ln_1.weight"] = torch.ones(64)
+    with pytest.raises(PortingError, match=r"unexpected key 'transformer\.h\.2\.ln_1\.weight'"):
+        port_hf_state_dict(sd, config)
+
+
+def test_export_round_trip_loads_in_hugging_face(tmp_path):
+    torch.manual_seed(3)
+    ours = GPT(GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=64)).eval()
+    folder = save_hf_folder(ours, tmp_path / "exported")
+    hf = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+    assert_parity(hf, ours, block_size=32)
+    again = load_hf_folder(folder)
+    for key, tensor in ours.state_dict().items():
+        assert torch.equal(again.state_dict()[key], tensor), key
+    assert again.lm_head.weight is again.transformer.wte.weight
+
+
+def test_exact_gelu_round_trips_through_config(tmp_path):
+    ours = GPT(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16, gelu="exact"))
+    folder = save_hf_folder(ours, tmp_path / "exact")
+    assert json.loads((folder / "config.json").read_text())["activation_function"] == "gelu"
+    assert load_hf_folder(folder).config.gelu == "exact"
+
+
+def test_folder_without_weights_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(PortingError, match="has no model.safetensors"):
+        from_pretrained(tmp_path)
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(PortingError, match="neither a GPT-2 size"):
+        from_pretrained("gpt3")
+
+
+def test_gpt2_offline_and_not_cached_fails_fast_with_instructions():
+    start = time.monotonic()
+    with pytest.raises(ModelNotAvailableError) as err:
+        from_pretrained("gpt2-xl")
+    assert time.monotonic() - start < 15  # no minute of retries (sockets are blocked here, so this is immediate)
+    message = str(err.value)
+    assert "gpt2-xl is not in the Hugging Face cache" in message
+    assert "hf download openai-community/gpt2-xl" in message
+    assert "\n" not in message
+
+
+def test_gpt2_from_the_hugging_face_cache(tmp_path):
+    # Lay out a Hugging Face cache by hand, as a download would, and check from_pretrained("gpt2") finds it offline.
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--openai-community--gpt2" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((folder / name).read_bytes())
+    (cache / "models--openai-community--gpt2" / "refs").mkdir()
+    (cache / "models--openai-community--gpt2" / "refs" / "main").write_text("0" * 40)
+    code = (
+        "import torch\n"
+        "from nanogpt_edu.porting import from_pretrained\n"
+        "m = from_pretrained('gpt2')\n"
+        "print(m.config.n_layer, m.config.n_embd)\n"
+    )
+    result = run_python(code, env={"HF_HUB_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "64"]
