@@ -1,0 +1,190 @@
+"""sample.py's settings and a configurator that overrides them safely.
+
+nanoGPT keeps its settings as module-level variables and runs ``exec(open('configurator.py').read())``, which in
+turn ``exec``s any config file named on the command line and ``literal_eval``s each ``--key=value``. That is short,
+but it runs whatever a config file contains. ``apply_overrides`` does the same job for the user without running
+anything: a config file is parsed, and only ``key = literal`` lines are accepted.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+
+class ConfigError(ValueError):
+    """A bad config file or ``--key=value`` argument; the message says which and why, in one line."""
+
+
+def _default_dtype() -> str:
+    # nanoGPT's rule: bf16 where the GPU supports it, else fp16 (on a CPU neither is used: see devices.py)
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
+
+
+@dataclass
+class SampleConfig:
+    """The settings of sample.py, with nanoGPT's defaults except ``init_from="pocket"`` and ``device="auto"``."""
+
+    init_from: str = "pocket"  # "pocket", "resume" (a nanoGPT out_dir), gpt2 ... gpt2-xl, or a Hugging Face folder
+    out_dir: str = "out"  # where init_from="resume" finds ckpt.pt
+    start: str = "\n"  # the prompt; "FILE:prompt.txt" reads it from a file
+    num_samples: int = 10
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 1.0 = as the model predicts, < 1 sharper, > 1 flatter, 0 = greedy
+    top_k: int | None = 200  # keep only the k most likely tokens; None keeps all
+    top_p: float | None = None  # keep the most likely tokens until their probability reaches top_p
+    min_p: float | None = None  # keep tokens at least min_p times as likely as the most likely one
+    seed: int = 1337
+    device: str = "auto"  # "auto" picks cuda, then mps, then cpu; or name one: "cpu", "cuda", "cuda:1", "mps"
+    dtype: str = dataclasses.field(default_factory=_default_dtype)  # "float32", "bfloat16" or "float16" (GPU only)
+    compile: bool = False  # torch.compile the model (PyTorch 2.0+)
+    stream: bool = False  # print tokens as they are generated
+    stop_at_eot: bool = False  # end a sample when the model writes <|endoftext|>
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _allowed_types(key: str) -> tuple[type, ...]:
+    # "int | None" -> (int, NoneType); "float" -> (float,)
+    field_type = typing.get_type_hints(SampleConfig)[key]
+    if isinstance(field_type, types.UnionType) or typing.get_origin(field_type) is typing.Union:
+        return typing.get_args(field_type)
+    return (field_type,)
+
+
+def _type_name(types_: tuple[type, ...]) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types_)
+
+
+def check_value(config: SampleConfig, key: str, value, where: str):
+    """Return ``value`` converted to the type of field ``key`` (int is accepted for a float); raise ``ConfigError``."""
+    known = [f.name for f in fields(config)]
+    if key not in known:
+        raise ConfigError(f"{where}: unknown setting {key!r}; valid settings: {', '.join(known)}")
+    allowed = _allowed_types(key)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool) and bool not in allowed:
+        pass  # True is an int in Python, but --top_k=True is a mistake
+    elif type(value) in allowed:
+        return value
+    elif isinstance(value, int) and not isinstance(value, bool) and float in allowed:
+        return float(value)
+    raise ConfigError(f"{where}: {key} must be {_type_name(allowed)}, got {value!r} ({type(value).__name__})")
+
+
+def parse_value(text: str, config: SampleConfig, key: str):
+    """Return the value a command-line string stands for: a Python literal if it is one, else the string itself.
+
+    For text settings (like ``start``) the raw string is kept unless it is a quoted string literal, so
+    ``--start=42`` means the text "42".
+    """
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    known = [f.name for f in fields(config)]
+    if key in known and _allowed_types(key) == (str,) and not isinstance(value, str):
+        return text
+    return value
+
+
+def read_config_file(path: str | Path) -> list[tuple[str, object, int]]:
+    """Return ``(key, value, line)`` for each assignment in a config file, without running any of it.
+
+    Only ``name = literal`` lines (and comments and docstrings) are accepted; anything else raises ``ConfigError``
+    naming the file and line.
+    """
+    path = Path(path)
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as e:
+        raise ConfigError(f"{path}, line {e.lineno}: not valid Python syntax ({e.msg})") from None
+    assignments = []
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            continue  # a docstring or a bare string: harmless
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            what = type(node).__name__.lower()
+            raise ConfigError(f"{path}, line {node.lineno}: only 'name = value' settings are allowed, found {what} "
+                              f"(config files are read, never run)")
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise ConfigError(f"{path}, line {node.lineno}: the value of {node.targets[0].id} must be a literal "
+                              f"(a number, string, True/False or None), not an expression") from None
+        assignments.append((node.targets[0].id, value, node.lineno))
+    return assignments
+
+
+def apply_overrides(config: SampleConfig, argv: list[str], log=print) -> SampleConfig:
+    """Return a copy of ``config`` with the config files and ``--key=value`` arguments in ``argv`` applied in order.
+
+    Each change is reported as nanoGPT does, ``Overriding: key = value``, through ``log``.
+    """
+    config = dataclasses.replace(config)
+    for arg in argv:
+        if not arg.startswith("--"):
+            if arg.startswith("-") or "=" in arg:
+                raise ConfigError(f"argument {arg!r}: settings are written --key=value")
+            for key, value, line in read_config_file(arg):
+                value = check_value(config, key, value, f"{arg}, line {line}")
+                log(f"Overriding: {key} = {value}")
+                setattr(config, key, value)
+            continue
+        key, sep, text = arg[2:].partition("=")  # partition: the value itself may contain "="
+        if not sep:
+            raise ConfigError(f"argument {arg!r}: settings are written --key=value")
+        value = check_value(config, key, parse_value(text, config, key), f"argument {arg!r}")
+        log(f"Overriding: {key} = {value}")
+        setattr(config, key, value)
+    validate(config)
+    return config
+
+
+def validate(config: SampleConfig) -> None:
+    """Raise ``ConfigError`` for settings of the right type but an impossible value."""
+    if config.num_samples < 1:
+        raise ConfigError(f"num_samples must be at least 1, got {config.num_samples}")
+    if config.max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be >= 0, got {config.max_new_tokens}")
+    if not config.temperature >= 0 or config.temperature == float("inf"):
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 means greedy), got {config.temperature}")
+    if config.top_k is not None and config.top_k < 1:
+        raise ConfigError(f"top_k must be at least 1 (or None for no limit), got {config.top_k}")
+    if config.top_p is not None and not 0 < config.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {config.top_p}")
+    if config.min_p is not None and not 0 <= config.min_p <= 1:
+        raise ConfigError(f"min_p must be in [0, 1], got {config.min_p}")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+
+
+def resolve_start(start: str) -> str:
+    """Return the prompt: ``start`` itself, or the contents of the file named by ``FILE:path``."""
+    if not start.startswith("FILE:"):
+        return start
+    path = Path(start[len("FILE:"):])
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"start: prompt file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"start: prompt file {path} is a directory") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"start: prompt file {path} is not UTF-8 text") from None

@@ -1,0 +1,229 @@
+"""The sampling loop of nanoGPT's ``GPT.generate``, taken apart into steps a notebook can run one at a time.
+
+One step of generation: crop the context to the last ``block_size`` tokens, run the model, keep the logits of the
+last position, divide by the temperature, mask the unlikely tokens (top-k, and here also top-p or min-p), turn the
+logits into probabilities with softmax, draw one token with ``torch.multinomial``, append it, repeat.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+from collections.abc import Iterator
+
+import torch
+from torch.nn import functional as F
+
+from .tokenizer import EOT_ID, get_encoding
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Return ``logits / temperature``: below 1 sharpens the distribution, above 1 flattens it.
+
+    Temperature 0 is greedy decoding, which is an argmax rather than a division: ``sample_next_token`` handles it.
+    """
+    _check_temperature(temperature)
+    if temperature == 0:
+        raise ValueError("temperature 0 means greedy decoding (argmax); it cannot scale logits")
+    return logits / temperature
+
+
+def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Return ``logits`` with every value below the k-th largest (per row) set to -inf.
+
+    This is nanoGPT's rule, a comparison with the k-th value, so tokens that tie with it all survive and a row may
+    keep more than k tokens. (Hugging Face's ``TopKLogitsWarper`` uses the same comparison.) A ``k`` larger than
+    the vocabulary keeps everything.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be a whole number of at least 1, got {k!r}")
+    k = min(k, logits.size(-1))
+    kth_largest = torch.topk(logits, k, dim=-1).values[..., [-1]]  # (B, 1)
+    return logits.masked_fill(logits < kth_largest, -float("inf"))
+
+
+def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Return ``logits`` with -inf outside the nucleus: the most likely tokens whose probabilities first reach ``p``.
+
+    A token is kept when the probability of all tokens ranked above it is still below ``p``; the most likely token
+    is always kept. ``p = 1`` keeps everything.
+    """
+    _check_fraction("top_p", p, low_open=True)
+    if p == 1:
+        return logits  # cumulative sums can round to just above 1; keeping everything is what p = 1 means
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = F.softmax(sorted_logits, dim=-1)
+    mass_above = torch.cumsum(probs, dim=-1) - probs  # probability of everything ranked higher
+    drop_sorted = mass_above >= p
+    drop_sorted[..., 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, -float("inf"))
+
+
+def min_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Return ``logits`` with -inf on tokens less likely than ``p`` times the most likely token's probability.
+
+    Unlike top-k and top-p the cut-off moves with the model's confidence: a sure model keeps few tokens, an unsure
+    one many. ``p = 0`` keeps everything; ``p = 1`` keeps only the top token (and its ties).
+    """
+    _check_fraction("min_p", p, low_open=False)
+    probs = F.softmax(logits, dim=-1)
+    threshold = p * probs.max(dim=-1, keepdim=True).values
+    return logits.masked_fill(probs < threshold, -float("inf"))
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Return the next token id for each row of ``logits`` (B, vocab_size), as a (B, 1) LongTensor.
+
+    Temperature, then the masks that are set, then softmax and one ``torch.multinomial`` draw per row, with
+    ``generator`` (or torch's global generator, as nanoGPT uses). ``temperature=0`` takes the argmax instead.
+    """
+    _check_sampling_args(temperature, top_k, top_p, min_p)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (batch, vocab_size), got {tuple(logits.shape)}")
+    if torch.isnan(logits).any():
+        raise ValueError("the logits contain NaN: the model's forward pass went wrong (check its weights and dtype)")
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_mask(logits, top_k)
+    if top_p is not None:
+        logits = top_p_mask(logits, top_p)
+    if min_p is not None:
+        logits = min_p_mask(logits, min_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+@torch.no_grad()
+def generate_steps(
+    model: torch.nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    stop_token: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the new token of every row, a (B, 1) LongTensor, one step at a time (see ``generate``)."""
+    idx = _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p)
+    block_size = model.config.block_size
+    finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        # the model has only block_size position embeddings: past that, it sees the most recent block_size tokens
+        idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
+        logits, _ = model(idx_cond)  # (B, 1, vocab_size): the last position only
+        idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, min_p, generator)
+        if stop_token is not None:
+            idx_next = idx_next.masked_fill(finished, stop_token)  # a finished row is padded with stop_token
+            finished |= idx_next == stop_token
+        idx = torch.cat((idx, idx_next), dim=1)
+        yield idx_next
+        if stop_token is not None and finished.all():
+            return
+
+
+def generate(
+    model: torch.nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    stop_token: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Return ``idx`` (B, T) followed by up to ``max_new_tokens`` sampled tokens: (B, T + max_new_tokens).
+
+    Faithful to nanoGPT's ``GPT.generate``: with the same weights and the same RNG state it draws the same tokens.
+    Beyond it: ``temperature=0`` is greedy; ``top_p``/``min_p`` masks; an empty prompt (T = 0) starts from
+    ``<|endoftext|>``; with ``stop_token`` a row that samples it is padded with it from then on, and generation
+    stops early once every row has.
+    """
+    idx = _start_from_eot_if_empty(idx)
+    steps = list(generate_steps(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                min_p=min_p, stop_token=stop_token, generator=generator))
+    return torch.cat([idx, *steps], dim=1)
+
+
+def stream_text(
+    model: torch.nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    decode_bytes=None,
+    **sampling,
+) -> Iterator[str]:
+    """Yield the text of one generated sequence piece by piece as the tokens arrive (``idx`` is (1, T)).
+
+    A GPT-2 token is a run of bytes and may end in the middle of a UTF-8 character (emoji and many CJK characters
+    span two or three tokens). Bytes are held back until they complete a character, so no piece ever holds half a
+    character. ``decode_bytes`` maps a token id to its bytes (GPT-2's by default); ``sampling`` takes the keyword
+    arguments of ``generate``.
+    """
+    if idx.dim() == 2 and idx.size(0) != 1:
+        raise ValueError(f"stream_text generates one sequence at a time; idx has {idx.size(0)} rows")
+    if decode_bytes is None:
+        decode_bytes = get_encoding().decode_single_token_bytes
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for idx_next in generate_steps(model, _start_from_eot_if_empty(idx), max_new_tokens, **sampling):
+        if sampling.get("stop_token") is not None and idx_next.item() == sampling["stop_token"]:
+            break
+        piece = decoder.decode(decode_bytes(idx_next.item()))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+def _start_from_eot_if_empty(idx: torch.Tensor) -> torch.Tensor:
+    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(1) == 0:
+        return torch.full((idx.size(0), 1), EOT_ID, dtype=torch.long, device=idx.device)
+    return idx
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+
+
+def _check_fraction(name: str, p: float, low_open: bool) -> None:
+    interval = "(0, 1]" if low_open else "[0, 1]"
+    ok = isinstance(p, (int, float)) and not isinstance(p, bool) and (0 < p <= 1 if low_open else 0 <= p <= 1)
+    if not ok:
+        raise ValueError(f"{name} must be a number in {interval}, got {p!r}")
+
+
+def _check_sampling_args(temperature, top_k, top_p, min_p) -> None:
+    _check_temperature(temperature)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), got {top_k!r}")
+    if top_p is not None:
+        _check_fraction("top_p", top_p, low_open=True)
+    if min_p is not None:
+        _check_fraction("min_p", min_p, low_open=False)
+
+
+def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p) -> torch.Tensor:
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int, torch.int16):
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be a 2-D integer tensor of token ids (batch, time), got {shape}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    _check_sampling_args(temperature, top_k, top_p, min_p)
+    return _start_from_eot_if_empty(idx.long())

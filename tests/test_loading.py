@@ -1,0 +1,79 @@
+import pickle
+
+import pytest
+import torch
+
+from nanogpt_edu.loading import LoadError, load_codec, load_model
+from nanogpt_edu.model import GPT, GPTConfig
+from nanogpt_edu.sample import main
+
+
+def write_nanogpt_run(out_dir, chars="\n !abcdefghijklmnopqrstuvwxyz", compiled=True):
+    """Write ckpt.pt and meta.pkl as nanoGPT's train.py and prepare.py would (char-level Shakespeare style)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_args = dict(n_layer=2, n_head=2, n_embd=16, block_size=32, bias=False, vocab_size=len(chars), dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**model_args, gelu="exact"))
+    prefix = "_orig_mod." if compiled else ""
+    state = {prefix + k: v for k, v in model.state_dict().items()}
+    torch.save({"model": state, "model_args": model_args, "iter_num": 5000, "best_val_loss": torch.tensor(1.47),
+                "config": {"dataset": "shakespeare_char"}}, out_dir / "ckpt.pt")
+    stoi = {c: i for i, c in enumerate(chars)}
+    with open(out_dir / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": {i: c for c, i in stoi.items()}, "stoi": stoi}, f)
+    return model
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_resume_loads_nanogpt_checkpoint(tmp_path, compiled):
+    original = write_nanogpt_run(tmp_path / "out", compiled=compiled)
+    model = load_model("resume", out_dir=tmp_path / "out")
+    assert model.config.gelu == "exact" and model.config.bias is False
+    for key, tensor in original.state_dict().items():
+        assert torch.equal(model.state_dict()[key], tensor)
+    assert not model.training
+
+
+def test_resume_uses_char_vocabulary(tmp_path):
+    write_nanogpt_run(tmp_path / "out")
+    codec = load_codec("resume", out_dir=tmp_path / "out")
+    assert codec.eot is None
+    ids = codec.encode("to be!")
+    assert codec.decode(ids) == "to be!"
+    with pytest.raises(LoadError, match="outside this model's vocabulary: 'Q'"):
+        codec.encode("Q")
+
+
+def test_checkpoint_folder_as_init_from(tmp_path):
+    write_nanogpt_run(tmp_path / "run")
+    assert load_model(str(tmp_path / "run")).config.n_layer == 2
+
+
+def test_meta_pickle_with_code_is_refused(tmp_path):
+    write_nanogpt_run(tmp_path / "out")
+
+    class Sneaky:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    with open(tmp_path / "out" / "meta.pkl", "wb") as f:
+        pickle.dump({"stoi": Sneaky(), "itos": {}}, f)
+    with pytest.raises(LoadError, match="only plain data is accepted"):
+        load_codec("resume", out_dir=tmp_path / "out")
+
+
+def test_cli_samples_from_a_nanogpt_run(tmp_path, capsys):
+    write_nanogpt_run(tmp_path / "out")
+    code = main(["--init_from=resume", f"--out_dir={tmp_path / 'out'}", "--start=to be", "--num_samples=2",
+                 "--max_new_tokens=20", "--device=cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    samples = out.split("---------------\n")
+    assert len(samples) == 3 and samples[-1] == ""
+    assert all(s.split("Overriding")[-1].count("to be") >= 1 for s in samples[:2])
+
+
+def test_gpt2_bpe_codec_by_default():
+    codec = load_codec("pocket")
+    assert codec.encode("Hello, my name is") == [15496, 11, 616, 1438, 318]
+    assert codec.eot == 50256
