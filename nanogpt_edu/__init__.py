@@ -1,8 +1,18 @@
-"""nanogpt_edu: the library behind a notebook series that walks through nanoGPT's sample.py."""
+"""nanogpt_edu: the library behind a notebook series that walks through nanoGPT's sample.py.
 
-from .tokenizer import install_tiktoken_cache as _install_tiktoken_cache
+The pieces a learner meets, in the order sample.py uses them: ``SampleConfig`` (settings), ``load_model`` (the
+pocket model, GPT-2, or a nanoGPT checkpoint), ``get_encoding`` (GPT-2's BPE, offline) and ``generate``.
+"""
 
-__version__ = "0.1.0"
+from .tokenizer import get_encoding, install_tiktoken_cache
 
 # Make the unchanged line from sample.py, tiktoken.get_encoding("gpt2"), work without a network.
-_install_tiktoken_cache()
+install_tiktoken_cache()
+
+from .config import SampleConfig  # noqa: E402  (after the cache is in place)
+from .loading import load_codec, load_model  # noqa: E402
+from .model import GPT, GPTConfig  # noqa: E402
+from .sampling import generate  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["GPT", "GPTConfig", "SampleConfig", "generate", "get_encoding", "load_codec", "load_model"]
