@@ -43,6 +43,26 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, in buffers allocated once (no growth per step).
+
+    Without a cache, generating each new token re-runs the whole context through every layer. The keys and values
+    of the earlier positions do not change (attention is causal), so a cache keeps them: the prompt is run once
+    ("prefill"), then each step runs only the new token and appends its key and value ("decode").
+    """
+
+    def __init__(self, config: "GPTConfig", batch_size: int, device=None, dtype=torch.float32):
+        head_size = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # how many positions hold valid keys and values
+
+    def reset(self) -> None:
+        """Forget every cached position (the buffers are reused)."""
+        self.length = 0
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's own could not turn the bias off before version 2.1)."""
 
@@ -69,19 +89,36 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.size()  # batch, sequence length, n_embd
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size): heads become a batch dimension
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        # scaled_dot_product_attention picks a fused kernel where one exists; is_causal applies the triangle mask
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )  # (B, n_head, T, head_size)
+        if cache is None:
+            # scaled_dot_product_attention picks a fused kernel where one exists; is_causal applies the triangle mask
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            )  # (B, n_head, T, head_size)
+        else:
+            y = self._attend_with_cache(q, k, v, cache, layer)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend_with_cache(self, q, k, v, cache: KVCache, layer: int) -> torch.Tensor:
+        start, T = cache.length, q.size(2)
+        cache.k[layer, :, :, start : start + T] = k  # write the new positions into the preallocated buffers
+        cache.v[layer, :, :, start : start + T] = v
+        k_all = cache.k[layer, :, :, : start + T]  # (B, n_head, start + T, head_size)
+        v_all = cache.v[layer, :, :, : start + T]
+        if T == 1:  # decode: the one new query may look at every cached position, so no mask at all
+            return F.scaled_dot_product_attention(q, k_all, v_all)
+        if start == 0:  # prefill: queries and keys line up, the usual triangle
+            return F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)
+        # several new tokens after cached ones: query i (at position start + i) sees keys 0 .. start + i
+        mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start)
+        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
 
 
 class MLP(nn.Module):
@@ -111,8 +148,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -161,24 +198,28 @@ class GPT(nn.Module):
         return n_params
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(logits, loss)`` for token ids ``idx`` of shape (B, T).
 
         With ``targets`` (B, T) the logits cover every position, (B, T, vocab_size), and ``loss`` is the mean
         cross-entropy (targets of -1 are ignored). Without targets only the last position is scored, giving
         (B, 1, vocab_size) and ``loss=None``: generation needs nothing else, and it saves the big head matmul.
+        With a ``cache`` (see ``new_cache``), ``idx`` holds only the tokens that follow the cached ones.
         """
         B, T = idx.size()
-        if T > self.config.block_size:
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
             raise ValueError(
-                f"cannot forward a sequence of {T} tokens: block_size is {self.config.block_size}; "
+                f"cannot forward a sequence of {start + T} tokens: block_size is {self.config.block_size}; "
                 f"crop the context to its last {self.config.block_size} tokens first"
             )
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, n_embd)
-        for block in self.transformer.h:
-            x = block(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, vocab_size)
@@ -186,6 +227,11 @@ class GPT(nn.Module):
             return logits, loss
         # list index [-1] keeps the time dimension: (B, 1, vocab_size)
         return self.lm_head(x[:, [-1], :]), None
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """Return an empty ``KVCache`` for ``batch_size`` sequences, on this model's device and dtype."""
+        weight = self.transformer.wte.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "GPT":

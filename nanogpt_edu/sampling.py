@@ -115,15 +115,26 @@ def generate_steps(
     min_p: float | None = None,
     stop_token: int | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the new token of every row, a (B, 1) LongTensor, one step at a time (see ``generate``)."""
     idx = _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p)
     block_size = model.config.block_size
     finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
+    cache = model.new_cache(idx.size(0)) if use_cache else None
     for _ in range(max_new_tokens):
-        # the model has only block_size position embeddings: past that, it sees the most recent block_size tokens
-        idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
-        logits, _ = model(idx_cond)  # (B, 1, vocab_size): the last position only
+        if cache is None:
+            # nanoGPT's way: the model has only block_size position embeddings, so past that it sees the most
+            # recent block_size tokens, and every step runs the whole window again
+            idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
+            logits, _ = model(idx_cond)  # (B, 1, vocab_size): the last position only
+        elif idx.size(1) > block_size:
+            # the window slid by one token, so every token now sits at a new position and nothing cached is
+            # valid: run the cropped window again from scratch, exactly what nanoGPT's loop computes
+            cache.reset()
+            logits, _ = model(idx[:, -block_size:], cache=cache)
+        else:
+            logits, _ = model(idx[:, cache.length :], cache=cache)  # the prompt once, then one token per step
         idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, min_p, generator)
         if stop_token is not None:
             idx_next = idx_next.masked_fill(finished, stop_token)  # a finished row is padded with stop_token
@@ -145,17 +156,21 @@ def generate(
     min_p: float | None = None,
     stop_token: int | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> torch.Tensor:
     """Return ``idx`` (B, T) followed by up to ``max_new_tokens`` sampled tokens: (B, T + max_new_tokens).
 
     Faithful to nanoGPT's ``GPT.generate``: with the same weights and the same RNG state it draws the same tokens.
-    Beyond it: ``temperature=0`` is greedy; ``top_p``/``min_p`` masks; an empty prompt (T = 0) starts from
+    ``use_cache=False`` runs nanoGPT's loop literally, re-running the whole (cropped) context every step; the
+    default keeps each layer's keys and values in a ``KVCache`` so each step runs only the new token, and falls
+    back to recomputing the window once the context passes ``block_size``, so the tokens stay the same.
+    Beyond nanoGPT: ``temperature=0`` is greedy; ``top_p``/``min_p`` masks; an empty prompt (T = 0) starts from
     ``<|endoftext|>``; with ``stop_token`` a row that samples it is padded with it from then on, and generation
     stops early once every row has.
     """
     idx = _start_from_eot_if_empty(idx)
     steps = list(generate_steps(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                min_p=min_p, stop_token=stop_token, generator=generator))
+                                min_p=min_p, stop_token=stop_token, generator=generator, use_cache=use_cache))
     return torch.cat([idx, *steps], dim=1)
 
 

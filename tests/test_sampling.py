@@ -128,13 +128,14 @@ def test_same_generator_state_same_tokens():
 
 @pytest.mark.parametrize("prompt_length, new", [(3, 20), (14, 10), (16, 5)])  # the last two cross block_size 16
 @pytest.mark.parametrize("top_k", [None, 10])
-def test_generate_draws_what_nanogpt_draws(prompt_length, new, top_k):
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_generate_draws_what_nanogpt_draws(prompt_length, new, top_k, use_cache):
     model = tiny_model()
     idx = torch.randint(0, VOCAB, (2, prompt_length), generator=torch.Generator().manual_seed(6))
     torch.manual_seed(1337)
     expected = nanogpt_generate(model, idx, new, temperature=0.8, top_k=top_k)
     torch.manual_seed(1337)
-    ours = generate(model, idx, new, temperature=0.8, top_k=top_k)
+    ours = generate(model, idx, new, temperature=0.8, top_k=top_k, use_cache=use_cache)
     assert ours.shape == (2, prompt_length + new)
     assert torch.equal(ours, expected)
 
@@ -173,7 +174,9 @@ def test_zero_new_tokens_returns_the_prompt():
 
 
 class ScriptedModel(torch.nn.Module):
-    """A stand-in model whose next token is always the next one of a script (for stop and streaming tests)."""
+    """A stand-in model whose next token is always the next one of a script (for stop and streaming tests).
+
+    It counts steps by the length of its input, so it runs without a KV cache (use_cache=False)."""
 
     def __init__(self, script: list[list[int]], vocab_size: int = 50257, block_size: int = 1024):
         super().__init__()
@@ -193,13 +196,13 @@ class ScriptedModel(torch.nn.Module):
 
 def test_stop_token_ends_rows_and_pads_them():
     model = ScriptedModel([[5, EOT_ID, 7, 8], [5, 6, 7, EOT_ID]])
-    out = generate(model, torch.zeros(2, 1, dtype=torch.long), 10, temperature=0, stop_token=EOT_ID)
+    out = generate(model, torch.zeros(2, 1, dtype=torch.long), 10, temperature=0, stop_token=EOT_ID, use_cache=False)
     assert out.tolist() == [[0, 5, EOT_ID, EOT_ID, EOT_ID], [0, 5, 6, 7, EOT_ID]]  # stopped after 4, not 10
 
 
 def test_stop_token_off_by_default():
     model = ScriptedModel([[EOT_ID, 3]])
-    out = generate(model, torch.zeros(1, 1, dtype=torch.long), 3, temperature=0)
+    out = generate(model, torch.zeros(1, 1, dtype=torch.long), 3, temperature=0, use_cache=False)
     assert out.tolist() == [[0, EOT_ID, 3, 3]]
 
 
@@ -209,7 +212,7 @@ def test_streaming_never_splits_a_utf8_character():
     script = enc.encode(text)
     assert any("\ufffd" in enc.decode([t]) for t in script)  # some tokens really end mid-character
     model = ScriptedModel([script])
-    pieces = list(stream_text(model, torch.tensor([[EOT_ID]]), len(script), temperature=0))
+    pieces = list(stream_text(model, torch.tensor([[EOT_ID]]), len(script), temperature=0, use_cache=False))
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
     assert len(pieces) > 5  # it really streamed
@@ -219,5 +222,6 @@ def test_streaming_stops_at_stop_token():
     enc = get_encoding()
     script = enc.encode("to be") + [EOT_ID] + enc.encode(" more")
     model = ScriptedModel([script])
-    pieces = list(stream_text(model, torch.tensor([[EOT_ID]]), 20, temperature=0, stop_token=EOT_ID))
+    pieces = list(stream_text(model, torch.tensor([[EOT_ID]]), 20, temperature=0, stop_token=EOT_ID,
+                              use_cache=False))
     assert "".join(pieces) == "to be"

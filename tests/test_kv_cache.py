@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from nanogpt_edu import load_model
+from nanogpt_edu.model import GPT, GPTConfig
+from nanogpt_edu.sampling import generate
+from nanogpt_edu.tokenizer import encode
+
+
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=32, vocab_size=101, n_layer=3, n_head=4, n_embd=32)).eval()
+
+
+@torch.no_grad()
+def test_prefill_then_decode_matches_full_forward():
+    model = tiny_model()
+    idx = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(1))
+    cache = model.new_cache(2)
+    logits, _ = model(idx[:, :8], cache=cache)  # prefill 8 tokens
+    assert torch.allclose(logits, model(idx[:, :8])[0], atol=1e-5)
+    for t in range(8, 20):  # then one token at a time
+        logits, _ = model(idx[:, t : t + 1], cache=cache)
+        assert torch.allclose(logits, model(idx[:, : t + 1])[0], atol=1e-5), t
+    assert cache.length == 20
+
+
+@torch.no_grad()
+def test_several_new_tokens_after_cached_ones_are_causal():
+    model = tiny_model()
+    idx = torch.randint(0, 101, (1, 15), generator=torch.Generator().manual_seed(2))
+    cache = model.new_cache(1)
+    model(idx[:, :6], cache=cache)
+    logits, _ = model(idx[:, 6:15], cache=cache)  # a chunk of 9 after 6 cached
+    assert torch.allclose(logits, model(idx)[0], atol=1e-5)
+
+
+@torch.no_grad()
+def test_cache_buffers_are_preallocated_not_grown():
+    model = tiny_model()
+    cache = model.new_cache(1)
+    pointers = (cache.k.data_ptr(), cache.v.data_ptr())
+    shape = tuple(cache.k.shape)
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    for _ in range(10):
+        model(idx, cache=cache)
+    assert (cache.k.data_ptr(), cache.v.data_ptr()) == pointers and tuple(cache.k.shape) == shape
+    assert shape == (3, 1, 4, 32, 8)  # (n_layer, B, n_head, block_size, head_size)
+
+
+@torch.no_grad()
+def test_cache_cannot_pass_block_size():
+    model = tiny_model()
+    cache = model.new_cache(1)
+    model(torch.zeros(1, 32, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="33 tokens: block_size is 32"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+
+
+@pytest.fixture(scope="module")
+def pocket():
+    return load_model("pocket")
+
+
+PROMPTS = ["ROMEO:", "Hello, my name is", "First Citizen:\nBefore we proceed any further, hear me speak."]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_identical_with_and_without_cache_across_the_crop(pocket, prompt):
+    x = torch.tensor([encode(prompt)])
+    new = pocket.config.block_size + 20 - x.size(1)  # runs 20 steps past block_size
+    assert torch.equal(generate(pocket, x, new, temperature=0, use_cache=True),
+                       generate(pocket, x, new, temperature=0, use_cache=False))
+
+
+def test_seeded_sampling_identical_with_and_without_cache_batch(pocket):
+    x = torch.tensor([encode("KING RICHARD II:")] * 3)  # batch of 3
+    new = pocket.config.block_size + 10
+    runs = [generate(pocket, x, new, temperature=0.8, top_k=200, generator=torch.Generator().manual_seed(0),
+                     use_cache=use_cache) for use_cache in (True, False)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0][0], runs[0][1])  # the rows really are different samples
+
+
+def test_seeded_sampling_identical_with_global_seed(pocket):
+    x = torch.tensor([encode(p)[:3] for p in ["JULIET:", "HAMLET:"]])  # rows of equal length
+    torch.manual_seed(1337)
+    cached = generate(pocket, x, 60, temperature=1.0, top_p=0.95)
+    torch.manual_seed(1337)
+    naive = generate(pocket, x, 60, temperature=1.0, top_p=0.95, use_cache=False)
+    assert torch.equal(cached, naive)
