@@ -1,8 +1,11 @@
 # Everyday commands. Each one sets up .venv first if it is missing or pyproject.toml changed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# what `make sample` passes to the sample command (sample.py's flags)
+ARGS ?= --start="ROMEO:" --num_samples=3 --max_new_tokens=200
 
-.PHONY: setup test clean
+.PHONY: setup sample test notebooks clean
 
 setup: $(VENV)/.installed
 
@@ -10,9 +13,22 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
-# every test: the package's unit tests
+# the main job: sample from the pocket model, offline, as sample.py would
+sample: setup
+	$(PY) -m nanogpt_edu.sample $(ARGS)
+
+# every test: the package's unit tests, then every notebook's stored outputs re-checked by nbval
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+# re-run every notebook top to bottom, in order, and store the fresh outputs (after changing a notebook or the package)
+notebooks: setup
+	@for nb in $(NOTEBOOKS); do \
+	  echo "running $$nb"; \
+	  HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
+	done
+	$(PY) scripts/tidy_notebooks.py $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
