@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .model import GPT, GPTConfig
@@ -146,13 +145,15 @@ def port_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPTCon
                     f"our GPT expects {tuple(expected[key])} after transposing the Conv1D weight, "
                     f"so {tuple(expected[key][::-1])} before"
                 )
+            # a transposed view, no copy: nn.Linear computes x @ W.T, which reads this layout as fast, and
+            # porting then never holds a second copy of the big matrices
             tensor = tensor.t()
         elif tensor.shape != expected[key]:
             raise PortingError(
                 f"shape mismatch for {hf_key!r}: Hugging Face has {tuple(tensor.shape)}, "
                 f"our GPT expects {tuple(expected[key])}"
             )
-        ported[key] = tensor.contiguous()
+        ported[key] = tensor
     if "lm_head.weight" not in ported and "transformer.wte.weight" in ported:
         ported["lm_head.weight"] = ported["transformer.wte.weight"]
     missing = [k for k in expected if k not in ported]
@@ -187,28 +188,53 @@ def save_hf_folder(model: GPT, folder: str | Path, dtype: torch.dtype = torch.fl
     return folder
 
 
+# safetensors' dtype names -> torch dtypes (the ones a GPT-2 checkpoint can hold)
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+
+
 class SafetensorsFile(Mapping):
     """A read-only mapping over the tensors of a ``.safetensors`` file that reads each tensor only when asked.
 
-    safetensors memory-maps the file, so porting from this mapping holds the model plus at most one tensor in
-    flight, instead of a whole second copy of the weights.
+    The format is an 8-byte header length, a JSON header (dtype, shape and byte range of every tensor), then the
+    raw bytes. safetensors' own loader memory-maps the file, and every page it touches stays counted in the
+    process's resident memory while the mapping lives, which doubles the peak while porting. Reading each tensor
+    straight into its own buffer instead keeps the peak at the size of the weights.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, dtype: torch.dtype | None = None):
         self.path = Path(path)
-        self._file = safe_open(str(self.path), framework="pt")
-        self._keys = list(self._file.keys())
+        self.dtype = dtype  # convert floating-point tensors to this as they are read (None: keep the file's)
+        with open(self.path, "rb") as f:
+            header_length = int.from_bytes(f.read(8), "little")
+            try:
+                header = json.loads(f.read(header_length))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise PortingError(f"{self.path} is not a safetensors file (its header is not JSON)") from None
+        header.pop("__metadata__", None)
+        self._entries = header
+        self._data_start = 8 + header_length
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._keys:
-            raise KeyError(key)
-        return self._file.get_tensor(key)
+        entry = self._entries[key]
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            raise PortingError(f"{self.path}: tensor {key!r} has dtype {entry['dtype']}, which we do not read")
+        start, end = entry["data_offsets"]
+        raw = torch.empty(end - start, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + start)
+            if f.readinto(raw.numpy()) != end - start:
+                raise PortingError(f"{self.path} is truncated (tensor {key!r} is incomplete)")
+        tensor = raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        if self.dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(self.dtype)  # one tensor at a time: a float16 file never exists twice in float32
+        return tensor
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return iter(self._entries)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._entries)
 
 
 def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GPT:
@@ -222,10 +248,9 @@ def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GP
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PortingError(f"{folder / HF_CONFIG} is not valid JSON: {e}") from None
     config = config_from_hf(hf_config)
-    ported = port_hf_state_dict(SafetensorsFile(folder / HF_WEIGHTS), config)
+    ported = port_hf_state_dict(SafetensorsFile(folder / HF_WEIGHTS, dtype=dtype), config)
     with torch.device("meta"):
         model = GPT(config)  # no memory yet: load_state_dict(assign=True) adopts the loaded tensors
-    ported = {k: v.to(dtype) for k, v in ported.items()}
     model.load_state_dict(ported, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the parameter: tie it again
     return model.eval()

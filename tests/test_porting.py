@@ -194,3 +194,40 @@ def test_gpt2_from_the_hugging_face_cache(tmp_path):
     result = run_python(code, env={"HF_HUB_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "64"]
+
+
+def test_lazy_safetensors_reader_matches_the_library(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from nanogpt_edu.porting import SafetensorsFile
+
+    tensors = {"f32": torch.randn(3, 4), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2).bfloat16(),
+               "i64": torch.arange(6).reshape(2, 3), "empty": torch.zeros(0, 3)}
+    save_file(tensors, tmp_path / "t.safetensors", metadata={"format": "pt"})
+    lazy = SafetensorsFile(tmp_path / "t.safetensors")
+    reference = load_file(tmp_path / "t.safetensors")
+    assert set(lazy) == set(reference) and len(lazy) == 5
+    for key in reference:
+        assert lazy[key].dtype == reference[key].dtype and torch.equal(lazy[key], reference[key])
+    as_fp32 = SafetensorsFile(tmp_path / "t.safetensors", dtype=torch.float32)
+    assert as_fp32["f16"].dtype == torch.float32 and as_fp32["i64"].dtype == torch.int64
+
+
+def test_truncated_or_foreign_weights_file_is_a_clear_error(tmp_path):
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(PortingError, match="is truncated"):
+        from_pretrained(folder)
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(PortingError, match="not a safetensors file"):
+        from_pretrained(folder)
+
+
+def test_ported_conv1d_weights_are_views_not_copies(tmp_path):
+    # porting transposes without copying, so loading never holds a second copy of the big matrices
+    hf, _ = random_hf_folder(tmp_path, **TINY_HF)
+    sd = dict(hf.state_dict())
+    ported = port_hf_state_dict(sd, GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=64))
+    key = "transformer.h.0.mlp.c_fc.weight"
+    assert ported[key].data_ptr() == sd[key].data_ptr()
