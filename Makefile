@@ -5,7 +5,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # what `make sample` passes to the sample command (sample.py's flags)
 ARGS ?= --start="ROMEO:" --num_samples=3 --max_new_tokens=200
 
-.PHONY: setup sample test notebooks clean
+.PHONY: setup sample test notebooks bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ notebooks: setup
 	    --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
 	done
 	$(PY) scripts/tidy_notebooks.py $(NOTEBOOKS)
+
+# speed and memory measurements (a few minutes; prints tables, writes bench/results/)
+bench: setup
+	$(PY) bench/generation.py
+	$(PY) bench/porting_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

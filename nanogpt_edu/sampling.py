@@ -46,7 +46,10 @@ def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Return ``logits`` with -inf outside the nucleus: the most likely tokens whose probabilities first reach ``p``.
 
     A token is kept when the probability of all tokens ranked above it is still below ``p``; the most likely token
-    is always kept. ``p = 1`` keeps everything.
+    is always kept. ``p = 1`` keeps everything. Hugging Face's ``TopPLogitsWarper`` states the same rule from the
+    other end (drop the least likely tokens while their total stays at most ``1 - p``); the two can disagree only
+    on tokens whose cumulative probability lands on the cut-off up to float rounding, and at ``p = 1``, where
+    rounding can make Hugging Face drop tokens of vanishing probability.
     """
     _check_fraction("top_p", p, low_open=True)
     if p == 1:
