@@ -73,7 +73,8 @@ clipped at norm {tc['grad_clip']}; seed {tc['seed']}. It took {info['minutes']:.
 
 (Rows before the last use the first {tc['eval_windows']} windows of each split; the last row uses all of them.)
 
-Reproduce it (same machine type, same numbers) from the repository root:
+Reproduce it from the repository root (every random draw is seeded; on the same kind of machine and torch
+version it should land on the same losses, up to floating-point differences between CPUs):
 
 ```bash
 {command}
