@@ -103,14 +103,7 @@ def read_config_file(path: str | Path) -> list[tuple[str, object, int]]:
     naming the file and line.
     """
     path = Path(path)
-    try:
-        source = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    source = _read_text(path, "config file")
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as e:
@@ -179,12 +172,18 @@ def resolve_start(start: str) -> str:
     """Return the prompt: ``start`` itself, or the contents of the file named by ``FILE:path``."""
     if not start.startswith("FILE:"):
         return start
-    path = Path(start[len("FILE:"):])
+    return _read_text(Path(start[len("FILE:"):]), "start: prompt file")
+
+
+def _read_text(path: Path, what: str) -> str:
+    # what the user named is a file of theirs: say which, and why it cannot be read, in one line
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"start: prompt file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except IsADirectoryError:
-        raise ConfigError(f"start: prompt file {path} is a directory") from None
+        raise ConfigError(f"{what} {path} is a directory") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"start: prompt file {path} is not UTF-8 text") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e.strerror}") from None
