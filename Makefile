@@ -5,7 +5,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # what `make sample` passes to the sample command (sample.py's flags)
 ARGS ?= --start="ROMEO:" --num_samples=3 --max_new_tokens=200
 
-.PHONY: setup sample test notebooks bench clean
+.PHONY: setup sample test notebooks html bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ notebooks: setup
 	    --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.record_timing=False "$$nb" || exit 1; \
 	done
 	$(PY) scripts/tidy_notebooks.py $(NOTEBOOKS)
+
+# the static HTML edition of the series (stored outputs, no network) in build/html; open build/html/index.html
+html: setup
+	$(PY) -m nanogpt_edu.html_edition --out build/html
 
 # speed and memory measurements (a few minutes; prints tables, writes bench/results/)
 bench: setup

@@ -20,4 +20,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 echo "installing nanogpt-edu and its dependencies into $VENV"
 "$VENV/bin/pip" install --quiet --progress-bar off -e ".[test]"
+# A named Jupyter kernel inside .venv: the notebooks ask for "nanogpt-edu", so JupyterLab started from .venv runs
+# them with this environment's Python, never with some other Python that lacks the package.
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name nanogpt-edu --display-name "Python (nanogpt-edu)" >/dev/null
 "$VENV/bin/python" -c "import torch, nanogpt_edu; print(f'ready: torch {torch.__version__}, nanogpt_edu {nanogpt_edu.__version__}')"

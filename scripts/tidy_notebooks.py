@@ -6,7 +6,8 @@
 import json
 import sys
 
-KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+# the kernel scripts/setup.sh installs into .venv
+KERNELSPEC = {"display_name": "Python (nanogpt-edu)", "language": "python", "name": "nanogpt-edu"}
 
 for path in sys.argv[1:]:
     with open(path, encoding="utf-8") as f:

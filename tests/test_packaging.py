@@ -45,3 +45,12 @@ def test_bpe_files_are_package_data():
     assert "data/gpt2/*" in data
     for name in ("vocab.bpe", "encoder.json"):
         assert (ROOT / "nanogpt_edu" / "data" / "gpt2" / name).is_file()
+
+
+def test_notebooks_ask_for_the_kernel_that_setup_installs():
+    import json
+
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "ipykernel install --sys-prefix --name nanogpt-edu" in setup
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert json.loads(path.read_text())["metadata"]["kernelspec"]["name"] == "nanogpt-edu", path.name
