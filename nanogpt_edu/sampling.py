@@ -35,8 +35,7 @@ def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
     keep more than k tokens. (Hugging Face's ``TopKLogitsWarper`` uses the same comparison.) A ``k`` larger than
     the vocabulary keeps everything.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k must be a whole number of at least 1, got {k!r}")
+    _check_top_k(k)
     k = min(k, logits.size(-1))
     kth_largest = torch.topk(logits, k, dim=-1).values[..., [-1]]  # (B, 1)
     return logits.masked_fill(logits < kth_largest, -float("inf"))
@@ -220,6 +219,11 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
 
 
+def _check_top_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), got {k!r}")
+
+
 def _check_fraction(name: str, p: float, low_open: bool) -> None:
     interval = "(0, 1]" if low_open else "[0, 1]"
     ok = isinstance(p, (int, float)) and not isinstance(p, bool) and (0 < p <= 1 if low_open else 0 <= p <= 1)
@@ -229,8 +233,8 @@ def _check_fraction(name: str, p: float, low_open: bool) -> None:
 
 def _check_sampling_args(temperature, top_k, top_p, min_p) -> None:
     _check_temperature(temperature)
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), got {top_k!r}")
+    if top_k is not None:
+        _check_top_k(top_k)
     if top_p is not None:
         _check_fraction("top_p", top_p, low_open=True)
     if min_p is not None:
