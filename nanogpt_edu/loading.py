@@ -19,7 +19,7 @@ import torch
 
 from .model import GPT, GPTConfig
 from .porting import GPT2_DIMS, HF_CONFIG, from_pretrained
-from .tokenizer import EOT_ID, get_encoding
+from .tokenizer import EOT_ID, decode, encode, get_encoding
 
 CKPT = "ckpt.pt"
 META = "meta.pkl"
@@ -121,6 +121,5 @@ def load_codec(init_from: str = "pocket", out_dir: str | Path = "out") -> Codec:
 
         return Codec(encode=encode_chars, decode=lambda ids: "".join(itos[i] for i in ids),
                      decode_bytes=lambda i: itos[i].encode("utf-8"), eot=None, name=f"characters ({meta_path})")
-    enc = get_encoding()
-    return Codec(encode=lambda s: enc.encode(s, allowed_special={"<|endoftext|>"}), decode=enc.decode,
-                 decode_bytes=enc.decode_single_token_bytes, eot=EOT_ID, name="gpt2 BPE (tiktoken)")
+    return Codec(encode=encode, decode=decode, decode_bytes=get_encoding().decode_single_token_bytes, eot=EOT_ID,
+                 name="gpt2 BPE (tiktoken)")

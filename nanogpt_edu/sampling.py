@@ -90,6 +90,11 @@ def sample_next_token(
     _check_sampling_args(temperature, top_k, top_p, min_p)
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (batch, vocab_size), got {tuple(logits.shape)}")
+    return _sample(logits, temperature, top_k, top_p, min_p, generator)
+
+
+def _sample(logits, temperature, top_k, top_p, min_p, generator) -> torch.Tensor:
+    # sample_next_token without the argument checks: generate checks its arguments once, not at every step
     if torch.isnan(logits).any():
         raise ValueError("the logits contain NaN: the model's forward pass went wrong (check its weights and dtype)")
     if temperature == 0:
@@ -137,7 +142,7 @@ def generate_steps(
             logits, _ = model(idx[:, -block_size:], cache=cache)
         else:
             logits, _ = model(idx[:, cache.length :], cache=cache)  # the prompt once, then one token per step
-        idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, min_p, generator)
+        idx_next = _sample(logits[:, -1, :], temperature, top_k, top_p, min_p, generator)
         if stop_token is not None:
             idx_next = idx_next.masked_fill(finished, stop_token)  # a finished row is padded with stop_token
             finished |= idx_next == stop_token
@@ -196,7 +201,7 @@ def stream_text(
     if decode_bytes is None:
         decode_bytes = get_encoding().decode_single_token_bytes
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for idx_next in generate_steps(model, _start_from_eot_if_empty(idx), max_new_tokens, **sampling):
+    for idx_next in generate_steps(model, idx, max_new_tokens, **sampling):  # it starts empty prompts itself
         if sampling.get("stop_token") is not None and idx_next.item() == sampling["stop_token"]:
             break
         piece = decoder.decode(decode_bytes(idx_next.item()))
