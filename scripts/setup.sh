@@ -5,7 +5,7 @@
 #   TORCH_SPEC="torch==2.13.0" (default)       # the torch to install when .venv has none yet
 #
 # torch is installed first, on its own: with a torch already present, the project's loose requirement
-# (torch>=2.2) is satisfied and pip downloads nothing more. A GPU user installs the CUDA build of torch into
+# (torch>=2.3) is satisfied and pip downloads nothing more. A GPU user installs the CUDA build of torch into
 # .venv before running this script (see the README), and this script leaves it alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nanogpt_edu import load_model
+import nanogpt_edu.model as model_module
 from nanogpt_edu.model import GPT, GPTConfig
 from nanogpt_edu.sampling import generate
 from nanogpt_edu.tokenizer import encode
@@ -89,3 +91,63 @@ def test_seeded_sampling_identical_with_global_seed(pocket):
     torch.manual_seed(1337)
     naive = generate(pocket, x, 60, temperature=1.0, top_p=0.95, use_cache=False)
     assert torch.equal(cached, naive)
+
+
+# DecodeLinear: the decode step's matrix-vector products go through oneDNN; everything else stays F.linear.
+
+def decode_linear(bias: bool = True, in_features: int = 1024, out_features: int = 1536):
+    torch.manual_seed(3)
+    return model_module.DecodeLinear(in_features, out_features, bias=bias)
+
+
+@pytest.mark.skipif(model_module._ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decode_linear_uses_onednn_for_one_row_and_gives_the_same_product(monkeypatch, bias, batch):
+    layer = decode_linear(bias)
+    calls = []
+    onednn = model_module._ONEDNN_LINEAR
+    monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", lambda *a: calls.append(1) or onednn(*a))
+    x = torch.randn(batch, 1, 1024)
+    with torch.no_grad():
+        y = layer(x)
+    assert calls == [1]
+    assert y.shape == (batch, 1, 1536)
+    assert torch.allclose(y, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(model_module._ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN")
+def test_decode_linear_reads_transposed_and_non_contiguous_inputs():
+    layer = decode_linear()
+    with torch.no_grad():
+        layer.weight = torch.nn.Parameter(torch.randn(1024, 1536).t())  # the (in, out) storage of a Conv1D
+        x = torch.randn(1, 1024, 2)[..., 0].unsqueeze(1)  # strided input
+        assert not x.is_contiguous() and not layer.weight.is_contiguous()
+        assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["grad", "several rows", "small weight", "float64", "no onednn"])
+def test_decode_linear_falls_back_to_f_linear(monkeypatch, case):
+    layer = decode_linear(in_features=64) if case == "small weight" else decode_linear()
+    x = torch.randn(2, 5 if case == "several rows" else 1, layer.in_features)
+    if case == "float64":
+        layer, x = layer.double(), x.double()
+    # a stand-in that fails if called: these cases must not reach oneDNN even where the build has it
+    onednn = None if case == "no onednn" else (lambda *args: pytest.fail("oneDNN used"))
+    monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", onednn)
+    with torch.set_grad_enabled(case == "grad"):
+        y = layer(x)
+    assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
+    if case == "grad":
+        y.sum().backward()  # training still gets gradients
+        assert layer.weight.grad is not None
+
+
+def test_decode_linear_leaves_kernel_choice_to_torch_compile(monkeypatch):
+    # the oneDNN op takes plain weights only outside torch.compile; traced, it broke compile=True generation
+    layer = decode_linear()
+    monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", lambda *args: pytest.fail("oneDNN used while compiling"))
+    x = torch.randn(1, 1, layer.in_features)
+    with torch.no_grad():
+        y = torch.compile(layer, backend="eager")(x)  # dynamo traces it; the "eager" backend skips code generation
+    assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
