@@ -41,6 +41,9 @@ def run(config: SampleConfig, out: TextIO | None = None, err: TextIO | None = No
     print(setup.explanation, file=err)
     model = load_model(config.init_from, config.out_dir).to(setup.device)
     if config.compile:
+        if setup.device == "cpu":
+            print("note: compile=True on a CPU spends a minute or more compiling a GPT-2 and then generated slower "
+                  "than without it in this project's measurements (README, Speed); it is meant for GPUs", file=err)
         model = torch.compile(model)
     codec = load_codec(config.init_from, config.out_dir)
     start_ids = codec.encode(prompt)

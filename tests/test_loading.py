@@ -73,6 +73,22 @@ def test_cli_samples_from_a_nanogpt_run(tmp_path, capsys):
     assert all(s.split("Overriding")[-1].count("to be") >= 1 for s in samples[:2])
 
 
+def test_cli_compile_gives_the_same_samples_and_a_cpu_note(tmp_path, capsys):
+    # nanoGPT's compile flag: torch.compile must trace the model (cache, DecodeLinear) and change no token
+    write_nanogpt_run(tmp_path / "out")
+    args = ["--init_from=resume", f"--out_dir={tmp_path / 'out'}", "--start=to be", "--max_new_tokens=12",
+            "--device=cpu", "--num_samples=1"]
+    assert main(args) == 0
+    plain = capsys.readouterr()
+    assert main(args + ["--compile=True"]) == 0
+    compiled = capsys.readouterr()
+    def samples(out: str) -> list[str]:
+        return [line for line in out.splitlines() if not line.startswith("Overriding:")]
+
+    assert samples(compiled.out) == samples(plain.out) and "to be" in plain.out
+    assert "note: compile=True on a CPU" in compiled.err and "note:" not in plain.err
+
+
 def test_gpt2_bpe_codec_by_default():
     codec = load_codec("pocket")
     assert codec.encode("Hello, my name is") == [15496, 11, 616, 1438, 318]
