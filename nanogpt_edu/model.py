@@ -78,8 +78,8 @@ class KVCache:
 # oneDNN's linear kernel, in PyTorch builds that include oneDNN (torch.backends.mkldnn); see DecodeLinear
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 # A oneDNN call costs about 30 microseconds before it reads anything, so it only pays off on big weights: below
-# about a million numbers (a GPT-2 small 768 x 768 projection, or any pocket-model layer) BLAS is faster.
-ONEDNN_MIN_WEIGHTS = 1 << 20
+# about half a million numbers (every pocket-model layer) BLAS is faster; GPT-2 small's smallest, 768 x 768, gains.
+ONEDNN_MIN_WEIGHTS = 1 << 19
 
 
 class DecodeLinear(nn.Linear):
