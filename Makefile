@@ -37,6 +37,7 @@ html: setup
 # speed and memory measurements (a few minutes; prints tables, writes bench/results/)
 bench: setup
 	$(PY) bench/generation.py
+	$(PY) bench/matvec.py
 	$(PY) bench/porting_memory.py
 
 clean:

@@ -35,16 +35,14 @@ from nanogpt_edu.sampling import generate, generate_steps
 RESULTS = Path(__file__).parent / "results"
 
 
-def read_bandwidth(gib: float = 1.0, repeats: int = 7) -> float:
-    """Return the machine's memory read bandwidth in GB/s: the median time to sum a tensor of ``gib`` GiB."""
-    big = torch.ones(int(gib * 2**30 / 4), dtype=torch.float32)
-    big.sum()  # touch every page once before timing
+def read_bandwidth(big: torch.Tensor, repeats: int = 3) -> float:
+    """Return memory read bandwidth in GB/s: the median time to sum ``big``, a tensor far beyond the CPU caches."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         big.sum()
         times.append(time.perf_counter() - start)
-    return big.numel() * 4 / statistics.median(times) / 1e9
+    return big.numel() * big.element_size() / statistics.median(times) / 1e9
 
 
 def weight_bytes_per_token(model) -> int:
@@ -52,14 +50,27 @@ def weight_bytes_per_token(model) -> int:
     return (model.get_num_params(non_embedding=True)) * model.transformer.wte.weight.element_size()
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations and kernel selection are not what we measure
-    times = []
+def interleaved_medians(methods: dict, repeats: int) -> dict:
+    """Return the median of each method's results over ``repeats`` rounds in which every method runs once.
+
+    A method returns its own measurement (seconds, or GB/s for the bandwidth probe). Taking turns, rather than
+    all repeats of one method and then the next, lets every method see the same state of a shared machine.
+    """
+    for method in methods.values():
+        method()  # warm-up: first-call allocations and kernel selection are not what we measure
+    results = {name: [] for name in methods}
     for _ in range(repeats):
+        for name, method in methods.items():
+            results[name].append(method())
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def seconds(fn):
+    def timed() -> float:
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+    return timed
 
 
 def time_per_position(model, x: torch.Tensor, new: int, use_cache: bool) -> list[float]:
@@ -72,31 +83,40 @@ def time_per_position(model, x: torch.Tensor, new: int, use_cache: bool) -> list
     return times
 
 
-def bench_one(name: str, ours, hf, new: int, repeats: int) -> dict:
+def bench_one(name: str, ours, hf, new: int, repeats: int, big: torch.Tensor) -> dict:
     x = torch.tensor([[15496, 11, 616, 1438, 318]])  # "Hello, my name is"
     # Hugging Face's GPT-2 cannot go past its position table (it does not crop), so stay inside it
     new = min(new, ours.config.block_size - x.size(1))
     mask = torch.ones_like(x)
+
+    def hf_generate():
+        return hf.generate(x, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                           pad_token_id=50256)
+
     with torch.no_grad():
-        naive = median_seconds(lambda: generate(ours, x, new, temperature=0, use_cache=False), repeats)
-        cached = median_seconds(lambda: generate(ours, x, new, temperature=0, use_cache=True), repeats)
-        hf_time = median_seconds(lambda: hf.generate(x, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                                                      do_sample=False, pad_token_id=50256), repeats)
-        same = torch.equal(generate(ours, x, new, temperature=0),
-                           hf.generate(x, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                                       do_sample=False, pad_token_id=50256))
+        m = interleaved_medians({
+            "naive": seconds(lambda: generate(ours, x, new, temperature=0, use_cache=False)),
+            "cached": seconds(lambda: generate(ours, x, new, temperature=0, use_cache=True)),
+            "hf": seconds(hf_generate),
+            "bandwidth": lambda: read_bandwidth(big),
+        }, repeats)
+        same = torch.equal(generate(ours, x, new, temperature=0), hf_generate())
+    bound = m["bandwidth"] * 1e9 / weight_bytes_per_token(ours)
     return {
         "model": name,
         "params": ours.get_num_params(non_embedding=False),
         "block_size": ours.config.block_size,
         "new_tokens": new,
-        "naive_tok_s": new / naive,
-        "cached_tok_s": new / cached,
-        "hf_tok_s": new / hf_time,
-        "cached_over_naive": naive / cached,
-        "ours_over_hf": hf_time / cached,
+        "naive_tok_s": new / m["naive"],
+        "cached_tok_s": new / m["cached"],
+        "hf_tok_s": new / m["hf"],
+        "cached_over_naive": m["naive"] / m["cached"],
+        "ours_over_hf": m["hf"] / m["cached"],
         "same_tokens_as_hf": same,
         "weight_bytes_per_token": weight_bytes_per_token(ours),
+        "bandwidth_gb_s": m["bandwidth"],
+        "bound_tok_s": bound,
+        "percent_of_bound": 100 * new / m["cached"] / bound,
     }
 
 
@@ -109,35 +129,34 @@ def gpt2_dims_pair(folder: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new", type=int, default=200)
     args = parser.parse_args()
     torch.manual_seed(0)
     RESULTS.mkdir(exist_ok=True)
-    bandwidth = read_bandwidth()
+    big = torch.ones(2**28)  # 1 GiB of fp32, far beyond any cache
+    big.sum()  # touch every page before anything is timed
     rows = []
     pocket = load_model("pocket")
     pocket_hf = GPT2LMHeadModel.from_pretrained(pocket_dir(), dtype=torch.float32).eval()
-    rows.append(bench_one("pocket", pocket, pocket_hf, args.new, args.repeats))
+    rows.append(bench_one("pocket", pocket, pocket_hf, args.new, args.repeats, big))
     with tempfile.TemporaryDirectory() as tmp:
         gpt2, gpt2_hf = gpt2_dims_pair(Path(tmp))
-        rows.append(bench_one("gpt2-124M dims", gpt2, gpt2_hf, args.new, args.repeats))
+        rows.append(bench_one("gpt2-124M dims", gpt2, gpt2_hf, args.new, args.repeats, big))
         x = torch.tensor([[15496, 11, 616, 1438, 318]])
         with torch.no_grad():
             curves = {name: {"naive (nanoGPT loop)": time_per_position(m, x, args.new, False),
                              "KV cache": time_per_position(m, x, args.new, True)}
                       for name, m in (("pocket", pocket), ("gpt2-124M dims", gpt2))}
-    print(f"memory read bandwidth: {bandwidth:.1f} GB/s")
     print(f"{'model':16} {'new':>4} {'naive':>8} {'cached':>8} {'HF':>8} {'cached/naive':>13} {'ours/HF':>8} "
-          f"{'bound':>8} {'% bound':>8}  same tokens as HF")
+          f"{'GB/s':>6} {'bound':>8} {'% bound':>8}  same tokens as HF")
     for r in rows:
-        r["bound_tok_s"] = bandwidth * 1e9 / r["weight_bytes_per_token"]
-        r["percent_of_bound"] = 100 * r["cached_tok_s"] / r["bound_tok_s"]
         print(f"{r['model']:16} {r['new_tokens']:4} {r['naive_tok_s']:8.1f} {r['cached_tok_s']:8.1f} {r['hf_tok_s']:8.1f} "
-              f"{r['cached_over_naive']:12.1f}x {r['ours_over_hf']:7.2f}x {r['bound_tok_s']:8.1f} "
-              f"{r['percent_of_bound']:7.0f}%  {r['same_tokens_as_hf']}")
+              f"{r['cached_over_naive']:12.1f}x {r['ours_over_hf']:7.2f}x {r['bandwidth_gb_s']:6.1f} "
+              f"{r['bound_tok_s']:8.1f} {r['percent_of_bound']:7.0f}%  {r['same_tokens_as_hf']}")
     print("(tokens/s; greedy, fp32, CPU, 5-token prompt, "
-          f"{args.new} new tokens or up to block_size, median of {args.repeats} after a warm-up)")
+          f"{args.new} new tokens or up to block_size, median of {args.repeats} after a warm-up; GB/s: reading "
+          "1 GiB, measured in turn with the runs; bound: GB/s over the weight bytes one decode step reads)")
     for name, series in curves.items():
         positions = list(range(5, 5 + args.new))
         fig = plot_time_per_token(positions, series, title=f"Time per generated token, {name}")
@@ -145,7 +164,7 @@ def main() -> None:
         fig.savefig(path, dpi=100)
         print(f"wrote {path}")
     (RESULTS / "results.json").write_text(json.dumps(
-        {"bandwidth_gb_s": bandwidth, "rows": rows, "curves": curves, "torch": torch.__version__,
+        {"rows": rows, "curves": curves, "torch": torch.__version__,
          "threads": torch.get_num_threads()}, indent=2) + "\n")
 
 
