@@ -97,7 +97,7 @@ class DecodeLinear(nn.Linear):
         if self._one_row_per_sequence(x):
             B, _, C = x.shape
             y = _ONEDNN_LINEAR(x.reshape(B, C), self.weight, self.bias, "none", [], "")  # 2-D input: less overhead
-            return y.view(B, 1, -1)
+            return y.view(B, 1, self.out_features)
         return F.linear(x, self.weight, self.bias)
 
     def _one_row_per_sequence(self, x: torch.Tensor) -> bool:

@@ -117,13 +117,16 @@ def test_decode_linear_uses_onednn_for_one_row_and_gives_the_same_product(monkey
 
 
 @pytest.mark.skipif(model_module._ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN")
-def test_decode_linear_reads_transposed_and_non_contiguous_inputs():
+def test_decode_linear_reads_transposed_weights_and_odd_inputs():
     layer = decode_linear()
     with torch.no_grad():
         layer.weight = torch.nn.Parameter(torch.randn(1024, 1536).t())  # the (in, out) storage of a Conv1D
-        x = torch.randn(1, 1024, 2)[..., 0].unsqueeze(1)  # strided input
-        assert not x.is_contiguous() and not layer.weight.is_contiguous()
-        assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        assert not layer.weight.is_contiguous()
+        strided = torch.randn(1, 1024, 2)[..., 0].unsqueeze(1)
+        broadcast = torch.randn(1, 1, 1024).expand(3, 1, 1024)  # three rows sharing one storage
+        for x in (strided, broadcast, torch.randn(0, 1, 1024)):  # the last: an empty batch
+            assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+            assert layer(x).shape == (x.size(0), 1, 1536)
 
 
 @pytest.mark.parametrize("case", ["grad", "several rows", "small weight", "float64", "no onednn"])
