@@ -1,9 +1,10 @@
 """Generation speed on this machine: nanoGPT's loop vs our KV cache vs transformers, and the bandwidth bound.
 
-    python bench/generation.py            # prints a table, writes bench/results/time_per_token.png and results.json
+    python bench/generation.py   # prints a table; writes bench/results/time_per_token_*.png and results.json
 
 For the pocket model and for a model with GPT-2 124M's dims (random weights, same for every method): greedy
-decoding, fp32, CPU, a 5-token prompt and 200 new tokens, one warm-up run excluded, the median of several runs.
+decoding, fp32, CPU, a 5-token prompt and 200 new tokens, one warm-up run excluded, the median of several rounds
+in which every method, and a 1 GiB memory read that gives the bandwidth bound, runs once in turn.
 Never run as a test: the numbers depend on the machine and on what else it is doing.
 """
 
