@@ -1,7 +1,7 @@
 """The GPT-2 architecture, written the way nanoGPT's ``model.py`` writes it.
 
 One class per concept: ``LayerNorm``, ``CausalSelfAttention``, ``MLP``, ``Block`` and ``GPT``, configured by the
-``GPTConfig`` dataclass. Parameter names match Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a
+``GPTConfig`` dataclass; ``KVCache`` and ``DecodeLinear`` are what make generating one token at a time fast. Parameter names match Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a
 matter of copying tensors (see ``nanogpt_edu.porting``).
 """
 
@@ -85,12 +85,13 @@ ONEDNN_MIN_WEIGHTS = 1 << 19
 class DecodeLinear(nn.Linear):
     """``nn.Linear`` that multiplies one position per sequence with oneDNN when nothing needs gradients on a CPU.
 
-    Generating a token multiplies a single row by every weight matrix, so a decode step lasts as long as reading
-    the weights from memory takes. For a single row PyTorch calls the BLAS matrix-vector routine, which on the
-    project's 2-core test machine streams about 17 GB/s and hardly uses the second core; oneDNN's kernel shares
-    the matrix between the cores and streams 10-30% faster (``bench/matvec.py`` measures both). It is the same
-    product up to float rounding (the sums run in another order). Parameters and state_dict are nn.Linear's. Training, several positions at once, small
-    weights (see ``ONEDNN_MIN_WEIGHTS``), other dtypes and other devices take the ordinary ``F.linear``.
+    Generating a token multiplies a single row by every weight matrix, so a decode step lasts as long as reading the
+    weights from memory takes. For a single row PyTorch calls the BLAS matrix-vector routine, which on the project's
+    2-core test machine streams about 17 GB/s and hardly uses the second core; oneDNN's kernel shares the matrix
+    between the cores and streams 10-30% faster (``bench/matvec.py`` measures both). It is the same product up to
+    float rounding (the sums run in another order). Parameters and state_dict are nn.Linear's. Training, several
+    positions at once, small weights (see ``ONEDNN_MIN_WEIGHTS``), other dtypes and other devices take the ordinary
+    ``F.linear``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -42,8 +42,9 @@ def run(config: SampleConfig, out: TextIO | None = None, err: TextIO | None = No
     model = load_model(config.init_from, config.out_dir).to(setup.device)
     if config.compile:
         if setup.device == "cpu":
-            print("note: compile=True on a CPU spends a minute or more compiling a GPT-2 and then generated slower "
-                  "than without it in this project's measurements (README, Speed); it is meant for GPUs", file=err)
+            print("note: compile=True on a CPU makes the first generation wait for compilation (over a minute for "
+                  "GPT-2 here), and the compiled model generated more slowly than the plain one in this project's "
+                  "measurements (README, Speed); it is meant for GPUs", file=err)
         model = torch.compile(model)
     codec = load_codec(config.init_from, config.out_dir)
     start_ids = codec.encode(prompt)
