@@ -67,6 +67,8 @@ def interleaved_medians(methods: dict, repeats: int) -> dict:
 
 
 def seconds(fn):
+    """Return a method for ``interleaved_medians`` that runs ``fn`` and returns how many seconds it took."""
+
     def timed() -> float:
         start = time.perf_counter()
         fn()
