@@ -15,7 +15,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from .matvec import can_use, load_kernel, matvec
+
 GELU_KINDS = ("tanh", "exact")
+LAYER_NORM_EPS = 1e-5  # what GPT-2 was trained with (Hugging Face's layer_norm_epsilon)
 
 
 @dataclass
@@ -58,17 +61,14 @@ class KVCache:
     ("prefill"), then each step runs only the new token and appends its key and value ("decode").
     """
 
-    def __init__(self, config: "GPTConfig", batch_size: int, head_weight: torch.Tensor):
+    def __init__(self, config: "GPTConfig", batch_size: int, device: torch.device, dtype: torch.dtype,
+                 capacity: int | None = None):
         head_size = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_size)
-        self.k = torch.zeros(shape, device=head_weight.device, dtype=head_weight.dtype)
-        self.v = torch.zeros(shape, device=head_weight.device, dtype=head_weight.dtype)
+        self.capacity = config.block_size if capacity is None else capacity  # positions the buffers can hold
+        shape = (config.n_layer, batch_size, config.n_head, self.capacity, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # how many positions hold valid keys and values
-        # Scoring one token reads the whole (vocab_size, n_embd) head. On a CPU, x @ W with W stored (n_embd,
-        # vocab_size) streams it about 1.6x faster than nn.Linear's x @ W.T (and a little faster than oneDNN, see
-        # DecodeLinear), and the head is the biggest matrix of a small GPT; so a decode keeps this transposed copy
-        # (vocab_size * n_embd numbers) while it runs.
-        self.head_t = head_weight.detach().t().contiguous()  # (n_embd, vocab_size)
 
     def reset(self) -> None:
         """Forget every cached position (the buffers are reused)."""
@@ -83,36 +83,46 @@ ONEDNN_MIN_WEIGHTS = 1 << 19
 
 
 class DecodeLinear(nn.Linear):
-    """``nn.Linear`` that multiplies one position per sequence with oneDNN when nothing needs gradients on a CPU.
+    """``nn.Linear`` that multiplies one position per sequence with a memory-speed kernel when nothing needs gradients.
 
     Generating a token multiplies a single row by every weight matrix, so a decode step lasts as long as reading the
-    weights from memory takes. For a single row PyTorch calls the BLAS matrix-vector routine, which on the project's
-    2-core test machine streams about 17 GB/s and hardly uses the second core; oneDNN's kernel shares the matrix
-    between the cores and streams 10-30% faster (``bench/matvec.py`` measures both). It is the same product up to
-    float rounding (the sums run in another order). Parameters and state_dict are nn.Linear's. Training, several
-    positions at once, small weights (see ``ONEDNN_MIN_WEIGHTS``), other dtypes and other devices take the ordinary
-    ``F.linear``.
+    weights from memory takes, and PyTorch's usual route for a single row reads them slower than the memory allows
+    (``bench/matvec.py`` measures the routes side by side). On a CPU in fp32 with no gradients this layer uses the
+    compiled kernel of ``nanogpt_edu.matvec`` if the machine could build it, else oneDNN for big weights (see
+    ``ONEDNN_MIN_WEIGHTS``). It is the same product up to float rounding (the sums run in another order).
+    Parameters and state_dict are nn.Linear's. Training, several positions at once, other dtypes and other devices
+    take the ordinary ``F.linear``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._one_row_per_sequence(x):
             B, _, C = x.shape
-            y = _ONEDNN_LINEAR(x.reshape(B, C), self.weight, self.bias, "none", [], "")  # 2-D input: less overhead
-            return y.view(B, 1, self.out_features)
+            return one_row_linear(x.reshape(B, C), self).view(B, 1, self.out_features)
         return F.linear(x, self.weight, self.bias)
 
     def _one_row_per_sequence(self, x: torch.Tensor) -> bool:
         # cheapest checks first: this runs for every Linear of every step
         return (
-            self.weight.numel() >= ONEDNN_MIN_WEIGHTS
-            and _ONEDNN_LINEAR is not None
-            and x.dim() == 3
+            x.dim() == 3
             and x.size(1) == 1
-            and x.device.type == "cpu"
-            and x.dtype == self.weight.dtype == torch.float32
-            and not torch.is_grad_enabled()  # the oneDNN op has no backward
+            and not torch.is_grad_enabled()  # neither fast route has a backward
             and not torch.compiler.is_compiling()  # torch.compile makes its own choice of kernels
         )
+
+
+def one_row_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """Return ``layer(x)`` for ``x`` of shape (B, in_features), one row per sequence, by the fastest route here.
+
+    The compiled kernel where it was built and can read the tensors, else oneDNN for big fp32 weights on a CPU,
+    else ``F.linear``. For inference only: neither fast route computes gradients.
+    """
+    weight, bias = layer.weight, layer.bias
+    if load_kernel() is not None and can_use(x, weight, bias):
+        return matvec(x, weight, bias)
+    if (weight.numel() >= ONEDNN_MIN_WEIGHTS and _ONEDNN_LINEAR is not None and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32):
+        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
 
 
 class LayerNorm(nn.Module):
@@ -124,8 +134,7 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # eps 1e-5 is what GPT-2 was trained with (Hugging Face's layer_norm_epsilon)
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LAYER_NORM_EPS)
 
 
 class CausalSelfAttention(nn.Module):
@@ -266,6 +275,9 @@ class GPT(nn.Module):
                 f"cannot forward a sequence of {start + T} tokens: block_size is {self.config.block_size}; "
                 f"crop the context to its last {self.config.block_size} tokens first"
             )
+        if cache is not None and start + T > cache.capacity:
+            raise ValueError(f"the cache holds {cache.capacity} positions, {start + T} asked: make it with "
+                             f"new_cache(batch_size, capacity={start + T}) or more")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, n_embd)
         for layer, block in enumerate(self.transformer.h):
@@ -278,13 +290,63 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
             return logits, loss
         # list index [-1] keeps the time dimension: (B, 1, vocab_size)
-        if cache is not None:
-            return x[:, [-1], :] @ cache.head_t, None  # the same numbers as lm_head, faster (see KVCache)
         return self.lm_head(x[:, [-1], :]), None
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        """Return an empty ``KVCache`` for ``batch_size`` sequences, on this model's device and dtype."""
-        return KVCache(self.config, batch_size, head_weight=self.lm_head.weight)
+    @torch.no_grad()
+    def decode_step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Return the logits (B, 1, vocab_size) of one new token per sequence, ``idx`` (B, 1), after the cached ones.
+
+        The same computation as ``self(idx, cache=cache)`` (the same numbers, tested), written as one flat loop
+        over the layers. On the README's 2-core test machine a GPT-2 small step spends about 18 ms reading its
+        500 MB of weights; around those products, ``forward``'s ~140 module calls with their checks and reshapes
+        spent about 5 ms, and this loop spends under 3. ``generate`` uses it for its one-token steps when
+        ``uses_flat_decode()`` says it may.
+        """
+        B, T = idx.size()
+        start = cache.length
+        if T != 1 or start + 1 > cache.capacity:
+            return self(idx, cache=cache)[0]  # forward checks and explains what is wrong
+        C, n_head = self.config.n_embd, self.config.n_head
+        x = self.transformer.wte.weight[idx[:, 0]] + self.transformer.wpe.weight[start]  # (B, C)
+        for layer, block in enumerate(self.transformer.h):
+            attn, mlp = block.attn, block.mlp
+            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, LAYER_NORM_EPS)
+            # (B, 3C) -> three (B, n_head, 1, head_size): with one position, the heads need no transpose
+            q, k, v = one_row_linear(h, attn.c_attn).view(B, 3, n_head, 1, C // n_head).unbind(1)
+            cache.k[layer, :, :, start : start + 1] = k
+            cache.v[layer, :, :, start : start + 1] = v
+            y = F.scaled_dot_product_attention(q, cache.k[layer, :, :, : start + 1], cache.v[layer, :, :, : start + 1])
+            x = x + one_row_linear(y.view(B, C), attn.c_proj)
+            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, LAYER_NORM_EPS)
+            x = x + one_row_linear(F.gelu(one_row_linear(h, mlp.c_fc), approximate=mlp.gelu_approximate), mlp.c_proj)
+        cache.length += 1
+        x = F.layer_norm(x, (C,), self.transformer.ln_f.weight, self.transformer.ln_f.bias, LAYER_NORM_EPS)
+        return one_row_linear(x, self.lm_head).view(B, 1, -1)
+
+    def uses_flat_decode(self) -> bool:
+        """Return True if ``decode_step`` computes what the modules would: eval mode (or no dropout), no hooks.
+
+        ``decode_step`` skips the dropout layers and the modules' forward methods, so a model in training mode
+        with dropout, or one with forward hooks (say, to record activations), decodes through ``forward``.
+        """
+        if self.training and self.config.dropout > 0:
+            return False
+        hooks = nn.modules.module
+        if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """Return an empty ``KVCache`` for ``batch_size`` sequences, on this model's device and dtype.
+
+        It holds ``capacity`` positions, ``block_size`` by default; a shorter generation can ask for less (GPT-2
+        small's full cache is 75 MB per sequence, gpt2-xl's 630 MB).
+        """
+        capacity = self.config.block_size if capacity is None else capacity
+        if not 1 <= capacity <= self.config.block_size:
+            raise ValueError(f"capacity must be between 1 and block_size ({self.config.block_size}), got {capacity}")
+        weight = self.lm_head.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype, capacity=capacity)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "GPT":

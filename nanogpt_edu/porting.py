@@ -145,9 +145,9 @@ def port_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPTCon
                     f"our GPT expects {tuple(expected[key])} after transposing the Conv1D weight, "
                     f"so {tuple(expected[key][::-1])} before"
                 )
-            # a transposed view, no copy: nn.Linear computes x @ W.T, which reads this layout as fast, and
-            # porting then never holds a second copy of the big matrices
-            tensor = tensor.t()
+            # stored transposed, in nn.Linear's (out, in) row order, which the decode kernel reads row by row;
+            # one matrix at a time, so porting holds at most one extra matrix while it copies
+            tensor = tensor.t().contiguous()
         elif tensor.shape != expected[key]:
             raise PortingError(
                 f"shape mismatch for {hf_key!r}: Hugging Face has {tuple(tensor.shape)}, "

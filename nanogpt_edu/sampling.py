@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
+from .model import GPT
 from .tokenizer import EOT_ID, get_encoding
 
 
@@ -128,7 +129,12 @@ def generate_steps(
     idx = _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p)
     block_size = model.config.block_size
     finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
-    cache = model.new_cache(idx.size(0)) if use_cache else None
+    # room for the whole generation, or for block_size positions once it must slide the window
+    capacity = min(block_size, idx.size(1) + max(max_new_tokens, 1))
+    cache = model.new_cache(idx.size(0), capacity) if use_cache else None
+    # our GPT's one-token steps can skip the modules' Python (see GPT.decode_step); a model wrapped by
+    # torch.compile, or any other model, runs its own forward
+    flat = use_cache and isinstance(model, GPT) and model.uses_flat_decode()
     for _ in range(max_new_tokens):
         if cache is None:
             # nanoGPT's way: the model has only block_size position embeddings, so past that it sees the most
@@ -140,6 +146,8 @@ def generate_steps(
             # valid: run the cropped window again from scratch, exactly what nanoGPT's loop computes
             cache.reset()
             logits, _ = model(idx[:, -block_size:], cache=cache)
+        elif flat and cache.length > 0:
+            logits = model.decode_step(idx[:, -1:], cache)  # one token per step, after the prompt
         else:
             logits, _ = model(idx[:, cache.length :], cache=cache)  # the prompt once, then one token per step
         idx_next = _sample(logits[:, -1, :], temperature, top_k, top_p, min_p, generator)

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from nanogpt_edu import load_model
+import nanogpt_edu.matvec as matvec_module
 import nanogpt_edu.model as model_module
 from nanogpt_edu.model import GPT, GPTConfig
 from nanogpt_edu.sampling import generate
@@ -93,21 +94,31 @@ def test_seeded_sampling_identical_with_global_seed(pocket):
     assert torch.equal(cached, naive)
 
 
-# DecodeLinear: the decode step's matrix-vector products go through oneDNN; everything else stays F.linear.
+# DecodeLinear: the decode step's matrix-vector products go through the compiled kernel (or, without it, oneDNN);
+# everything else stays F.linear.
 
 def decode_linear(bias: bool = True, in_features: int = 1024, out_features: int = 1536):
     torch.manual_seed(3)
     return model_module.DecodeLinear(in_features, out_features, bias=bias)
 
 
-@pytest.mark.skipif(model_module._ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN")
+def count_calls(monkeypatch, name: str) -> list:
+    """Wrap model_module.<name> so that each call is counted; return the list of calls."""
+    calls, original = [], getattr(model_module, name)
+    monkeypatch.setattr(model_module, name, lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+def without_kernel(monkeypatch):
+    monkeypatch.setattr(model_module, "load_kernel", lambda: None)
+
+
+@pytest.mark.skipif(matvec_module._compiler() is None, reason="no C compiler on this machine")
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_decode_linear_uses_onednn_for_one_row_and_gives_the_same_product(monkeypatch, bias, batch):
+def test_decode_linear_uses_the_kernel_for_one_row_and_gives_the_same_product(monkeypatch, bias, batch):
     layer = decode_linear(bias)
-    calls = []
-    onednn = model_module._ONEDNN_LINEAR
-    monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", lambda *a: calls.append(1) or onednn(*a))
+    calls = count_calls(monkeypatch, "matvec")
     x = torch.randn(batch, 1, 1024)
     with torch.no_grad():
         y = layer(x)
@@ -117,7 +128,22 @@ def test_decode_linear_uses_onednn_for_one_row_and_gives_the_same_product(monkey
 
 
 @pytest.mark.skipif(model_module._ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN")
-def test_decode_linear_reads_transposed_weights_and_odd_inputs():
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_linear_without_the_kernel_uses_onednn(monkeypatch, bias):
+    without_kernel(monkeypatch)
+    layer = decode_linear(bias)
+    calls = count_calls(monkeypatch, "_ONEDNN_LINEAR")
+    x = torch.randn(2, 1, 1024)
+    with torch.no_grad():
+        y = layer(x)
+    assert calls == [1]
+    assert torch.allclose(y, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel built", "no kernel"])
+def test_decode_linear_reads_transposed_weights_and_odd_inputs(monkeypatch, kernel):
+    if not kernel:
+        without_kernel(monkeypatch)
     layer = decode_linear()
     with torch.no_grad():
         layer.weight = torch.nn.Parameter(torch.randn(1024, 1536).t())  # the (in, out) storage of a Conv1D
@@ -129,13 +155,16 @@ def test_decode_linear_reads_transposed_weights_and_odd_inputs():
             assert layer(x).shape == (x.size(0), 1, 1536)
 
 
-@pytest.mark.parametrize("case", ["grad", "several rows", "small weight", "float64", "no onednn"])
+@pytest.mark.parametrize("case", ["grad", "several rows", "small weight without kernel", "float64", "no onednn"])
 def test_decode_linear_falls_back_to_f_linear(monkeypatch, case):
-    layer = decode_linear(in_features=64) if case == "small weight" else decode_linear()
+    layer = decode_linear(in_features=64) if case.startswith("small") else decode_linear()
     x = torch.randn(2, 5 if case == "several rows" else 1, layer.in_features)
     if case == "float64":
         layer, x = layer.double(), x.double()
-    # a stand-in that fails if called: these cases must not reach oneDNN even where the build has it
+    if case in ("small weight without kernel", "no onednn"):
+        without_kernel(monkeypatch)
+    # stand-ins that fail if called: these cases must reach neither fast route, even where the machine has them
+    monkeypatch.setattr(model_module, "matvec", lambda *args: pytest.fail("kernel used"))
     onednn = None if case == "no onednn" else (lambda *args: pytest.fail("oneDNN used"))
     monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", onednn)
     with torch.set_grad_enabled(case == "grad"):
@@ -147,10 +176,95 @@ def test_decode_linear_falls_back_to_f_linear(monkeypatch, case):
 
 
 def test_decode_linear_leaves_kernel_choice_to_torch_compile(monkeypatch):
-    # the oneDNN op takes plain weights only outside torch.compile; traced, it broke compile=True generation
+    # neither fast route can be traced (the kernel reads raw data pointers); traced oneDNN broke compile=True
     layer = decode_linear()
+    monkeypatch.setattr(model_module, "matvec", lambda *args: pytest.fail("kernel used while compiling"))
     monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", lambda *args: pytest.fail("oneDNN used while compiling"))
     x = torch.randn(1, 1, layer.in_features)
     with torch.no_grad():
         y = torch.compile(layer, backend="eager")(x)  # dynamo traces it; the "eager" backend skips code generation
     assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
+
+
+# GPT.decode_step: the one-token step written flat, which generate uses; it must compute what the modules compute.
+
+@torch.no_grad()
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel built", "no kernel"])
+def test_decode_step_gives_the_modules_logits(monkeypatch, kernel):
+    if not kernel:
+        without_kernel(monkeypatch)
+    model = tiny_model()
+    idx = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(4))
+    flat, modules = model.new_cache(2), model.new_cache(2)
+    model(idx[:, :5], cache=flat)
+    model(idx[:, :5], cache=modules)
+    for t in range(5, 12):
+        expected, _ = model(idx[:, t : t + 1], cache=modules)
+        assert torch.equal(model.decode_step(idx[:, t : t + 1], flat), expected), t
+    assert flat.length == modules.length == 12
+    assert torch.equal(flat.k, modules.k) and torch.equal(flat.v, modules.v)
+
+
+@torch.no_grad()
+def test_decode_step_leaves_other_shapes_and_overflow_to_forward():
+    model = tiny_model()
+    cache = model.new_cache(1)
+    model(torch.zeros(1, 4, dtype=torch.long), cache=cache)
+    chunk = torch.tensor([[5, 6, 7]])  # three tokens: not a one-token step
+    reference = model.new_cache(1)
+    model(torch.zeros(1, 4, dtype=torch.long), cache=reference)
+    assert torch.equal(model.decode_step(chunk, cache), model(chunk, cache=reference)[0])
+    model(torch.zeros(1, 32 - 7, dtype=torch.long), cache=cache)  # now full
+    with pytest.raises(ValueError, match="33 tokens: block_size is 32"):
+        model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
+
+
+def test_generate_runs_forward_hooks_and_dropout_through_the_modules(monkeypatch):
+    model = tiny_model()
+    assert model.uses_flat_decode()
+    calls = []
+    monkeypatch.setattr(type(model), "decode_step", lambda *a: pytest.fail("decode_step used"))
+    handle = model.transformer.h[1].mlp.register_forward_hook(lambda *args: calls.append(1))
+    assert not model.uses_flat_decode()
+    generate(model, torch.zeros(1, 3, dtype=torch.long), 6, temperature=0)
+    assert len(calls) == 6  # the prefill and every one of the five one-token steps ran the hooked module
+    handle.remove()
+    dropout_model = GPT(GPTConfig(block_size=32, vocab_size=101, n_layer=1, n_head=2, n_embd=8, dropout=0.1))
+    assert dropout_model.training and not dropout_model.uses_flat_decode()
+    generate(dropout_model, torch.zeros(1, 3, dtype=torch.long), 3)
+
+
+def test_generate_uses_decode_step_for_one_token_steps(monkeypatch):
+    model = tiny_model()
+    steps = []
+    original = GPT.decode_step
+    monkeypatch.setattr(GPT, "decode_step", lambda self, idx, cache: steps.append(idx.shape) or original(self, idx, cache))
+    generate(model, torch.zeros(2, 3, dtype=torch.long), 6, temperature=0)
+    assert steps == [(2, 1)] * 5  # the prompt went through forward; every later step is flat
+    generate(model, torch.zeros(2, 3, dtype=torch.long), 6, temperature=0, use_cache=False)
+    assert len(steps) == 5  # nanoGPT's loop never uses it
+
+
+@torch.no_grad()
+def test_cache_capacity_is_what_generate_needs():
+    model = tiny_model()
+    cache = model.new_cache(2, capacity=10)
+    assert tuple(cache.k.shape) == (3, 2, 4, 10, 8) and cache.capacity == 10
+    model(torch.zeros(2, 9, dtype=torch.long), cache=cache)
+    model.decode_step(torch.zeros(2, 1, dtype=torch.long), cache)  # the tenth position fits
+    with pytest.raises(ValueError, match=r"the cache holds 10 positions, 11 asked: make it with new_cache\("
+                                         r"batch_size, capacity=11\) or more"):
+        model.decode_step(torch.zeros(2, 1, dtype=torch.long), cache)
+    for bad in (0, 33):
+        with pytest.raises(ValueError, match=f"capacity must be between 1 and block_size \\(32\\), got {bad}"):
+            model.new_cache(1, capacity=bad)
+
+
+def test_generate_sizes_its_cache_to_the_generation(monkeypatch):
+    model = tiny_model()
+    sizes = []
+    original = GPT.new_cache
+    monkeypatch.setattr(GPT, "new_cache", lambda self, b, c=None: sizes.append((b, c)) or original(self, b, c))
+    generate(model, torch.zeros(2, 5, dtype=torch.long), 7, temperature=0)
+    generate(model, torch.zeros(1, 5, dtype=torch.long), 40, temperature=0)  # slides past block_size 32
+    assert sizes == [(2, 12), (1, 32)]

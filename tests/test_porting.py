@@ -224,10 +224,12 @@ def test_truncated_or_foreign_weights_file_is_a_clear_error(tmp_path):
         from_pretrained(folder)
 
 
-def test_ported_conv1d_weights_are_views_not_copies(tmp_path):
-    # porting transposes without copying, so loading never holds a second copy of the big matrices
+def test_ported_conv1d_weights_are_stored_in_linear_order(tmp_path):
+    # porting copies each Conv1D weight into nn.Linear's (out, in) row order, which the decode kernel reads
     hf, _ = random_hf_folder(tmp_path, **TINY_HF)
     sd = dict(hf.state_dict())
     ported = port_hf_state_dict(sd, GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=64))
     key = "transformer.h.0.mlp.c_fc.weight"
-    assert ported[key].data_ptr() == sd[key].data_ptr()
+    assert ported[key].is_contiguous() and ported[key].shape == (256, 64)
+    assert torch.equal(ported[key], sd[key].t())
+    assert ported[key].data_ptr() != sd[key].data_ptr()  # a copy: the Hugging Face tensor is left as it was
