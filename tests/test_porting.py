@@ -233,3 +233,37 @@ def test_ported_conv1d_weights_are_stored_in_linear_order(tmp_path):
     assert ported[key].is_contiguous() and ported[key].shape == (256, 64)
     assert torch.equal(ported[key], sd[key].t())
     assert ported[key].data_ptr() != sd[key].data_ptr()  # a copy: the Hugging Face tensor is left as it was
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32], ids=["as stored", "float16 read as float32"])
+def test_read_transposed_reads_a_few_rows_at_a_time(tmp_path, monkeypatch, dtype):
+    from safetensors.torch import save_file
+
+    import nanogpt_edu.porting as porting
+
+    matrix = torch.randn(7, 5).half()  # 7 rows of 10 bytes
+    save_file({"w": matrix, "v": torch.ones(4).half()}, tmp_path / "t.safetensors")
+    monkeypatch.setattr(porting, "READ_CHUNK_BYTES", 30)  # three rows per read: 3 + 3 + 1
+    lazy = porting.SafetensorsFile(tmp_path / "t.safetensors", dtype=dtype)
+    out = lazy.read_transposed("w")
+    assert out.is_contiguous() and out.shape == (5, 7)
+    assert out.dtype == (dtype or torch.float16)
+    assert torch.equal(out, matrix.t().to(out.dtype))
+    buffer = lazy._buffer.data_ptr()
+    lazy.read_transposed("w")
+    assert lazy._buffer.data_ptr() == buffer and lazy._buffer.numel() == 30  # one small buffer, reused
+    assert lazy.shape("w") == (7, 5)
+    with pytest.raises(PortingError, match="tensor 'v' is not a 2-D matrix"):
+        lazy.read_transposed("v")
+
+
+def test_porting_from_a_file_equals_porting_from_a_state_dict(tmp_path):
+    from nanogpt_edu.porting import SafetensorsFile
+
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    config = GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=64)
+    from_file = port_hf_state_dict(SafetensorsFile(folder / "model.safetensors"), config)
+    from_dict = port_hf_state_dict(dict(hf.state_dict()), config)
+    assert from_file.keys() == from_dict.keys()
+    for key in from_dict:
+        assert from_file[key].is_contiguous() and torch.equal(from_file[key], from_dict[key]), key
