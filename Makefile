@@ -38,6 +38,7 @@ html: setup
 bench: setup
 	$(PY) bench/generation.py
 	$(PY) bench/matvec.py
+	$(PY) bench/decode_parts.py
 	$(PY) bench/porting_memory.py
 
 clean:

@@ -55,7 +55,7 @@ def main() -> None:
     if load_kernel() is not None:
         methods["kernel, (out, in)"] = lambda: [matvec(row[w.size(1)], w, None) for w in out_in]
     else:
-        print("(no compiled kernel on this machine: python -m nanogpt_edu.matvec says why)")
+        print("(no compiled kernel on this machine: python -m nanogpt_edu.build_kernel says why)")
     for w in in_out:  # every way computes the same product
         x = row[w.size(1)]
         assert np.allclose(x.numpy() @ w.t().numpy(), F.linear(x, w).numpy(), atol=1e-3)

@@ -1,8 +1,9 @@
 """The GPT-2 architecture, written the way nanoGPT's ``model.py`` writes it.
 
 One class per concept: ``LayerNorm``, ``CausalSelfAttention``, ``MLP``, ``Block`` and ``GPT``, configured by the
-``GPTConfig`` dataclass; ``KVCache`` and ``DecodeLinear`` are what make generating one token at a time fast. Parameter names match Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a
-matter of copying tensors (see ``nanogpt_edu.porting``).
+``GPTConfig`` dataclass; ``KVCache``, ``DecodeLinear`` and ``GPT.decode_step`` are what make generating one token
+at a time fast. Parameter names match Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a matter of
+copying tensors (see ``nanogpt_edu.porting``).
 """
 
 from __future__ import annotations

@@ -238,7 +238,8 @@ def test_generate_uses_decode_step_for_one_token_steps(monkeypatch):
     model = tiny_model()
     steps = []
     original = GPT.decode_step
-    monkeypatch.setattr(GPT, "decode_step", lambda self, idx, cache: steps.append(idx.shape) or original(self, idx, cache))
+    monkeypatch.setattr(GPT, "decode_step",
+                        lambda self, idx, cache: steps.append(idx.shape) or original(self, idx, cache))
     generate(model, torch.zeros(2, 3, dtype=torch.long), 6, temperature=0)
     assert steps == [(2, 1)] * 5  # the prompt went through forward; every later step is flat
     generate(model, torch.zeros(2, 3, dtype=torch.long), 6, temperature=0, use_cache=False)

@@ -1,0 +1,12 @@
+"""Build the decode kernel of ``nanogpt_edu.matvec`` now and say in one line what happened.
+
+    python -m nanogpt_edu.build_kernel
+
+``make setup`` runs this, so the first generation never waits for the compiler. Safe to run again: a kernel
+already built for this machine is kept.
+"""
+
+from .matvec import build_kernel
+
+if __name__ == "__main__":
+    print(build_kernel())
