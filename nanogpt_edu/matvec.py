@@ -67,14 +67,15 @@ def load_kernel(build: bool = True):
     """Return the compiled ``matvec`` function, building it first if needed and ``build`` is True; else ``None``.
 
     ``None`` means no kernel in this process: it is turned off, there is no C compiler, or the build failed.
-    The first failure is remembered, so a machine without a compiler pays for the attempt once.
+    A failed build is remembered in the cache folder, so later processes do not try again (``build_kernel``
+    does, when asked).
     """
     global _kernel, _tried
     if _kernel is not None or _tried or not kernel_enabled():
         return _kernel
     path = _cache_path()
     if not path.exists():
-        if not build:
+        if not build or _failure_note(path).exists():
             return None
         _tried = True
         if _compile(path) is not None:
@@ -98,6 +99,7 @@ def build_kernel() -> str:
     path = _cache_path()
     if path.exists() and load_kernel(build=False) is not None:
         return f"matvec kernel: already built ({path})"
+    _failure_note(path).unlink(missing_ok=True)  # asked explicitly: try again
     error = _compile(path)
     if error is not None:
         return f"matvec kernel: not built ({error}); PyTorch's own matrix products will be used"
@@ -151,8 +153,22 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _failure_note(path: Path) -> Path:
+    return path.with_name(path.name + ".failed")
+
+
 def _compile(path: Path) -> str | None:
-    """Compile ``C_SOURCE`` into ``path``; return None on success, else a short reason."""
+    """Compile ``C_SOURCE`` into ``path``; return None on success, else a short reason (also noted beside it)."""
+    error = _try_compile(path)
+    if error is not None:
+        try:
+            _failure_note(path).write_text(error + "\n")
+        except OSError:
+            pass  # a folder we cannot write to: the next process tries again
+    return error
+
+
+def _try_compile(path: Path) -> str | None:
     compiler = _compiler()
     if compiler is None:
         return "no C compiler found (set CC to one)"

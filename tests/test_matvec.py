@@ -121,3 +121,14 @@ def test_command_line_build_reports_in_one_line(fresh, monkeypatch):
     result = subprocess.run([sys.executable, "-m", "nanogpt_edu.build_kernel"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.count("\n") == 1 and result.stdout.startswith("matvec kernel: not built")
+
+
+def test_a_failed_build_is_not_retried_by_every_process(fresh, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    assert mv.build_kernel().startswith("matvec kernel: not built (false failed: ")
+    path = mv._cache_path()
+    assert mv._failure_note(path).exists() and not path.exists()
+    monkeypatch.setattr(mv, "_try_compile", lambda path: pytest.fail("compiled again"))
+    assert mv.load_kernel() is None  # a later process reads the note instead of compiling
+    monkeypatch.setattr(mv, "_try_compile", lambda path: "still failing")
+    assert mv.build_kernel() == "matvec kernel: not built (still failing); PyTorch's own matrix products will be used"
