@@ -300,8 +300,8 @@ class GPT(nn.Module):
         The same computation as ``self(idx, cache=cache)`` (the same numbers, tested), written as one flat loop
         over the layers. On the README's 2-core test machine a GPT-2 small step spends about 18 ms reading its
         500 MB of weights; around those products, ``forward``'s ~140 module calls with their checks and reshapes
-        spent about 5 ms, and this loop spends under 3. ``generate`` uses it for its one-token steps when
-        ``uses_flat_decode()`` says it may.
+        spent about 5 ms, and this loop about 3 (``bench/decode_parts.py``). ``generate`` uses it for its one-token
+        steps when ``uses_flat_decode()`` says it may.
         """
         B, T = idx.size()
         start = cache.length
