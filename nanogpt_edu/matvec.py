@@ -75,10 +75,10 @@ def load_kernel(build: bool = True):
         return _kernel
     path = _cache_path()
     if not path.exists():
-        if not build or _failure_note(path).exists():
+        if not build:
             return None
-        _tried = True
-        if _compile(path) is not None:
+        _tried = True  # from here on, one attempt per process: this runs before every one-row product
+        if _failure_note(path).exists() or _compile(path) is not None:
             return None
     _tried = True
     try:

@@ -130,5 +130,9 @@ def test_a_failed_build_is_not_retried_by_every_process(fresh, monkeypatch):
     assert mv._failure_note(path).exists() and not path.exists()
     monkeypatch.setattr(mv, "_try_compile", lambda path: pytest.fail("compiled again"))
     assert mv.load_kernel() is None  # a later process reads the note instead of compiling
+    cache_path = mv._cache_path
+    monkeypatch.setattr(mv, "_cache_path", lambda: pytest.fail("cache folder looked at again"))
+    assert mv.load_kernel() is None  # and decides once, not before every product
+    monkeypatch.setattr(mv, "_cache_path", cache_path)
     monkeypatch.setattr(mv, "_try_compile", lambda path: "still failing")
     assert mv.build_kernel() == "matvec kernel: not built (still failing); PyTorch's own matrix products will be used"
