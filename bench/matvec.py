@@ -54,14 +54,13 @@ def main() -> None:
                 _ONEDNN_LINEAR(row[w.size(1)], w, None, "none", [], "") for w in weights]
     if load_kernel() is not None:
         methods["kernel, (out, in)"] = lambda: [matvec(row[w.size(1)], w, None) for w in out_in]
+        assert all(torch.allclose(matvec(row[w.size(1)], w, None), F.linear(row[w.size(1)], w), atol=1e-3)
+                   for w in out_in)
     else:
         print("(no compiled kernel on this machine: python -m nanogpt_edu.build_kernel says why)")
     for w in in_out:  # every way computes the same product
         x = row[w.size(1)]
         assert np.allclose(x.numpy() @ w.t().numpy(), F.linear(x, w).numpy(), atol=1e-3)
-    if load_kernel() is not None:
-        assert all(torch.allclose(matvec(row[w.size(1)], w, None), F.linear(row[w.size(1)], w), atol=1e-3)
-                   for w in out_in)
     medians = interleaved_medians({name: seconds(fn) for name, fn in methods.items()}, args.repeats)
     numpy_blas = lambda: [row[w.size(1)].numpy() @ w.t().numpy() for w in in_out]  # noqa: E731
     medians |= interleaved_medians({"NumPy BLAS, (in, out)": seconds(numpy_blas)}, args.repeats)
