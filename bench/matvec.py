@@ -6,7 +6,7 @@ Generating one token multiplies a single row by every weight matrix, so a decode
 memory delivers the weights. This measures, side by side and taking turns, the ways this machine can do those
 products, against a plain reduction over the same matrices (the speed at which memory delivers them at all):
 
-- the compiled kernel of ``nanogpt_edu.matvec``, weights stored (out, in): what ``DecodeLinear`` uses in a decode
+- the compiled kernel of ``nanogpt_edu.kernel``, weights stored (out, in): what ``DecodeLinear`` uses in a decode
   step where the machine could build it;
 - oneDNN, (out, in) and (in, out): what ``DecodeLinear`` uses without the kernel;
 - ``F.linear``, (out, in) and (in, out): what ``nn.Linear`` does (the (in, out) storage is GPT-2's Conv1D layout,
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from generation import interleaved_medians, seconds
 
-from nanogpt_edu.matvec import load_kernel, matvec
+from nanogpt_edu.kernel import linear, load_kernel
 from nanogpt_edu.model import _ONEDNN_LINEAR
 
 SHAPES = [(3 * 768, 768), (768, 768), (4 * 768, 768), (768, 4 * 768)] * 12  # (out, in): attn, proj, fc, proj
@@ -53,8 +53,8 @@ def main() -> None:
             methods[f"oneDNN, {name}"] = lambda weights=weights: [
                 _ONEDNN_LINEAR(row[w.size(1)], w, None, "none", [], "") for w in weights]
     if load_kernel() is not None:
-        methods["kernel, (out, in)"] = lambda: [matvec(row[w.size(1)], w, None) for w in out_in]
-        assert all(torch.allclose(matvec(row[w.size(1)], w, None), F.linear(row[w.size(1)], w), atol=1e-3)
+        methods["kernel, (out, in)"] = lambda: [linear(row[w.size(1)], w, None) for w in out_in]
+        assert all(torch.allclose(linear(row[w.size(1)], w, None), F.linear(row[w.size(1)], w), atol=1e-3)
                    for w in out_in)
     else:
         print("(no compiled kernel on this machine: python -m nanogpt_edu.build_kernel says why)")

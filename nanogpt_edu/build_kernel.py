@@ -1,4 +1,4 @@
-"""Build the decode kernel of ``nanogpt_edu.matvec`` now and say in one line what happened.
+"""Build the decode kernel of ``nanogpt_edu.kernel`` now and say in one line what happened.
 
     python -m nanogpt_edu.build_kernel
 
@@ -6,7 +6,7 @@
 already built for this machine is kept.
 """
 
-from .matvec import build_kernel
+from .kernel import build_kernel
 
 if __name__ == "__main__":
     print(build_kernel())

@@ -1,8 +1,8 @@
 """The GPT-2 architecture, written the way nanoGPT's ``model.py`` writes it.
 
 One class per concept: ``LayerNorm``, ``CausalSelfAttention``, ``MLP``, ``Block`` and ``GPT``, configured by the
-``GPTConfig`` dataclass; ``KVCache``, ``DecodeLinear`` and ``GPT.decode_step`` are what make generating one token
-at a time fast. Parameter names match Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a matter of
+``GPTConfig`` dataclass; ``KVCache``, ``DecodeLinear``, ``GPT.decode_step`` and its two sets of operations
+(``TorchDecodeOps``, ``KernelDecodeOps``) are what make generating one token at a time fast. Parameter names match Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a matter of
 copying tensors (see ``nanogpt_edu.porting``).
 """
 
@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from .matvec import can_use, load_kernel, matvec
+from . import kernel
+from .kernel import can_use, load_kernel
 
 GELU_KINDS = ("tanh", "exact")
 LAYER_NORM_EPS = 1e-5  # what GPT-2 was trained with (Hugging Face's layer_norm_epsilon)
@@ -118,8 +119,8 @@ def one_row_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     else ``F.linear``. For inference only: neither fast route computes gradients.
     """
     weight, bias = layer.weight, layer.bias
-    if load_kernel() is not None and can_use(x, weight, bias):
-        return matvec(x, weight, bias)
+    if load_kernel() is not None and x.dim() == 2 and can_use(x, weight, bias):
+        return kernel.linear(x, weight, bias)
     if (weight.numel() >= ONEDNN_MIN_WEIGHTS and _ONEDNN_LINEAR is not None and x.device.type == "cpu"
             and x.dtype == weight.dtype == torch.float32):
         return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
@@ -136,6 +137,62 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, LAYER_NORM_EPS)
+
+
+class TorchDecodeOps:
+    """The two operations of ``GPT.decode_step``, in PyTorch: the reference ``KernelDecodeOps`` is tested against.
+
+    Both work on one position per sequence, (B, C) rows. With these, ``decode_step`` computes exactly what the
+    modules' ``forward`` computes (the same numbers, tested).
+    """
+
+    @staticmethod
+    def linear(x: torch.Tensor, layer: nn.Linear, norm: LayerNorm | None = None, gelu: str | None = None,
+               add_to: torch.Tensor | None = None) -> torch.Tensor:
+        """Return ``layer(norm(x))``, through GELU if ``gelu`` names its ``approximate`` ("none" or "tanh"), and
+        plus ``add_to`` if given (a residual connection)."""
+        if norm is not None:
+            x = F.layer_norm(x, (x.size(-1),), norm.weight, norm.bias, LAYER_NORM_EPS)
+        y = one_row_linear(x, layer)
+        if gelu is not None:
+            y = F.gelu(y, approximate=gelu)
+        return y if add_to is None else add_to + y
+
+    @staticmethod
+    def attend(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: int) -> torch.Tensor:
+        """Store the new keys and values at ``position`` of one layer's caches; return the attention output (B, C)."""
+        B, n_head, _, head_size = k_cache.shape
+        # (B, 3C) -> three (B, n_head, 1, head_size): with one position, the heads need no transpose
+        q, k, v = qkv.view(B, 3, n_head, 1, head_size).unbind(1)
+        k_cache[:, :, position : position + 1] = k
+        v_cache[:, :, position : position + 1] = v
+        y = F.scaled_dot_product_attention(q, k_cache[:, :, : position + 1], v_cache[:, :, : position + 1])
+        return y.view(B, n_head * head_size)
+
+
+class KernelDecodeOps:
+    """``TorchDecodeOps`` done by the compiled kernel (``nanogpt_edu.kernel``): the same results up to float rounding.
+
+    Each small PyTorch operation of a step (a layer norm, a GELU, a cache write) costs tens of microseconds once
+    the weights streaming through the CPU's caches have pushed out what it needs; done inside the kernel's calls
+    they cost next to nothing, and the residual stream is updated in place. A tensor the kernel cannot read
+    (see ``kernel.can_use``) sends that operation to ``TorchDecodeOps``.
+    """
+
+    @staticmethod
+    def linear(x: torch.Tensor, layer: nn.Linear, norm: LayerNorm | None = None, gelu: str | None = None,
+               add_to: torch.Tensor | None = None) -> torch.Tensor:
+        norm_weights = () if norm is None else (norm.weight, norm.bias)
+        if not can_use(x, layer.weight, layer.bias, add_to, *norm_weights):
+            return TorchDecodeOps.linear(x, layer, norm, gelu, add_to)
+        norm_args = None if norm is None else (*norm_weights, LAYER_NORM_EPS)
+        return kernel.linear(x, layer.weight, layer.bias, gelu, add_to, norm_args)
+
+    @staticmethod
+    def attend(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: int) -> torch.Tensor:
+        if not can_use(qkv, k_cache, v_cache):
+            return TorchDecodeOps.attend(qkv, k_cache, v_cache, position)
+        return kernel.attend(qkv, k_cache, v_cache, position)
 
 
 class CausalSelfAttention(nn.Module):
@@ -297,32 +354,35 @@ class GPT(nn.Module):
     def decode_step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Return the logits (B, 1, vocab_size) of one new token per sequence, ``idx`` (B, 1), after the cached ones.
 
-        The same computation as ``self(idx, cache=cache)`` (the same numbers, tested), written as one flat loop
-        over the layers. On the README's 2-core test machine a GPT-2 small step spends about 18 ms reading its
-        500 MB of weights; around those products, ``forward``'s ~140 module calls with their checks and reshapes
-        spent about 5 ms, and this loop about 3 (``bench/decode_parts.py``). ``generate`` uses it for its one-token
-        steps when ``uses_flat_decode()`` says it may.
+        The same computation as ``self(idx, cache=cache)``, written as one flat loop over the layers with the
+        operations of ``decode_ops``: the compiled kernel's where it can read the model, else PyTorch's (then the
+        very same numbers as ``forward``, tested). On the README's 2-core test machine a GPT-2 small step spends
+        about 18 ms reading its 500 MB of weights; around those products, ``forward``'s ~140 module calls spent
+        about 5 ms, this loop with PyTorch's operations about 3, with the kernel's about 1
+        (``bench/decode_parts.py``). ``generate`` uses it for its one-token steps when ``uses_flat_decode()`` says
+        it may.
         """
         B, T = idx.size()
         start = cache.length
         if T != 1 or start + 1 > cache.capacity:
             return self(idx, cache=cache)[0]  # forward checks and explains what is wrong
-        C, n_head = self.config.n_embd, self.config.n_head
-        x = self.transformer.wte.weight[idx[:, 0]] + self.transformer.wpe.weight[start]  # (B, C)
+        ops = self.decode_ops(cache)
+        x = self.transformer.wte.weight[idx[:, 0]] + self.transformer.wpe.weight[start]  # (B, C), a new tensor
         for layer, block in enumerate(self.transformer.h):
-            attn, mlp = block.attn, block.mlp
-            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias, LAYER_NORM_EPS)
-            # (B, 3C) -> three (B, n_head, 1, head_size): with one position, the heads need no transpose
-            q, k, v = one_row_linear(h, attn.c_attn).view(B, 3, n_head, 1, C // n_head).unbind(1)
-            cache.k[layer, :, :, start : start + 1] = k
-            cache.v[layer, :, :, start : start + 1] = v
-            y = F.scaled_dot_product_attention(q, cache.k[layer, :, :, : start + 1], cache.v[layer, :, :, : start + 1])
-            x = x + one_row_linear(y.view(B, C), attn.c_proj)
-            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias, LAYER_NORM_EPS)
-            x = x + one_row_linear(F.gelu(one_row_linear(h, mlp.c_fc), approximate=mlp.gelu_approximate), mlp.c_proj)
+            qkv = ops.linear(x, block.attn.c_attn, norm=block.ln_1)  # c_attn(ln_1(x))
+            y = ops.attend(qkv, cache.k[layer], cache.v[layer], start)
+            x = ops.linear(y, block.attn.c_proj, add_to=x)  # x + c_proj(y)
+            h = ops.linear(x, block.mlp.c_fc, norm=block.ln_2, gelu=block.mlp.gelu_approximate)  # gelu(c_fc(ln_2(x)))
+            x = ops.linear(h, block.mlp.c_proj, add_to=x)  # x + c_proj(h)
         cache.length += 1
-        x = F.layer_norm(x, (C,), self.transformer.ln_f.weight, self.transformer.ln_f.bias, LAYER_NORM_EPS)
-        return one_row_linear(x, self.lm_head).view(B, 1, -1)
+        return ops.linear(x, self.lm_head, norm=self.transformer.ln_f).view(B, 1, -1)
+
+    def decode_ops(self, cache: KVCache) -> type[TorchDecodeOps] | type[KernelDecodeOps]:
+        """Return the operations ``decode_step`` uses: ``KernelDecodeOps`` if the kernel is built and can read the
+        cache (contiguous fp32 on the CPU), else ``TorchDecodeOps``."""
+        if load_kernel() is not None and can_use(cache.k, cache.v):
+            return KernelDecodeOps
+        return TorchDecodeOps
 
     def uses_flat_decode(self) -> bool:
         """Return True if ``decode_step`` computes what the modules would: eval mode (or no dropout), no hooks.

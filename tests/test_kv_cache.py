@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from nanogpt_edu import load_model
-import nanogpt_edu.matvec as matvec_module
+import nanogpt_edu.kernel as kernel_module
 import nanogpt_edu.model as model_module
-from nanogpt_edu.model import GPT, GPTConfig
+from nanogpt_edu.model import GPT, GPTConfig, KernelDecodeOps, TorchDecodeOps
 from nanogpt_edu.sampling import generate
 from nanogpt_edu.tokenizer import encode
 
@@ -102,10 +102,10 @@ def decode_linear(bias: bool = True, in_features: int = 1024, out_features: int 
     return model_module.DecodeLinear(in_features, out_features, bias=bias)
 
 
-def count_calls(monkeypatch, name: str) -> list:
-    """Wrap model_module.<name> so that each call is counted; return the list of calls."""
-    calls, original = [], getattr(model_module, name)
-    monkeypatch.setattr(model_module, name, lambda *a: calls.append(1) or original(*a))
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Wrap module.<name> so that each call is counted; return the list of calls."""
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 
@@ -113,12 +113,15 @@ def without_kernel(monkeypatch):
     monkeypatch.setattr(model_module, "load_kernel", lambda: None)
 
 
-@pytest.mark.skipif(matvec_module._compiler() is None, reason="no C compiler on this machine")
+needs_compiler = pytest.mark.skipif(kernel_module._compiler() is None, reason="no C compiler on this machine")
+
+
+@needs_compiler
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_decode_linear_uses_the_kernel_for_one_row_and_gives_the_same_product(monkeypatch, bias, batch):
     layer = decode_linear(bias)
-    calls = count_calls(monkeypatch, "matvec")
+    calls = count_calls(monkeypatch, kernel_module, "linear")
     x = torch.randn(batch, 1, 1024)
     with torch.no_grad():
         y = layer(x)
@@ -132,7 +135,7 @@ def test_decode_linear_uses_the_kernel_for_one_row_and_gives_the_same_product(mo
 def test_decode_linear_without_the_kernel_uses_onednn(monkeypatch, bias):
     without_kernel(monkeypatch)
     layer = decode_linear(bias)
-    calls = count_calls(monkeypatch, "_ONEDNN_LINEAR")
+    calls = count_calls(monkeypatch, model_module, "_ONEDNN_LINEAR")
     x = torch.randn(2, 1, 1024)
     with torch.no_grad():
         y = layer(x)
@@ -164,7 +167,7 @@ def test_decode_linear_falls_back_to_f_linear(monkeypatch, case):
     if case in ("small weight without kernel", "no onednn"):
         without_kernel(monkeypatch)
     # stand-ins that fail if called: these cases must reach neither fast route, even where the machine has them
-    monkeypatch.setattr(model_module, "matvec", lambda *args: pytest.fail("kernel used"))
+    monkeypatch.setattr(kernel_module, "linear", lambda *args: pytest.fail("kernel used"))
     onednn = None if case == "no onednn" else (lambda *args: pytest.fail("oneDNN used"))
     monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", onednn)
     with torch.set_grad_enabled(case == "grad"):
@@ -178,7 +181,7 @@ def test_decode_linear_falls_back_to_f_linear(monkeypatch, case):
 def test_decode_linear_leaves_kernel_choice_to_torch_compile(monkeypatch):
     # neither fast route can be traced (the kernel reads raw data pointers); traced oneDNN broke compile=True
     layer = decode_linear()
-    monkeypatch.setattr(model_module, "matvec", lambda *args: pytest.fail("kernel used while compiling"))
+    monkeypatch.setattr(kernel_module, "linear", lambda *args: pytest.fail("kernel used while compiling"))
     monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", lambda *args: pytest.fail("oneDNN used while compiling"))
     x = torch.randn(1, 1, layer.in_features)
     with torch.no_grad():
@@ -189,20 +192,45 @@ def test_decode_linear_leaves_kernel_choice_to_torch_compile(monkeypatch):
 # GPT.decode_step: the one-token step written flat, which generate uses; it must compute what the modules compute.
 
 @torch.no_grad()
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("gelu", ["tanh", "exact"])
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel built", "no kernel"])
-def test_decode_step_gives_the_modules_logits(monkeypatch, kernel):
+def test_decode_step_gives_the_modules_logits(monkeypatch, kernel, gelu, bias):
     if not kernel:
         without_kernel(monkeypatch)
-    model = tiny_model()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=101, n_layer=3, n_head=4, n_embd=32, gelu=gelu, bias=bias)).eval()
     idx = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(4))
     flat, modules = model.new_cache(2), model.new_cache(2)
     model(idx[:, :5], cache=flat)
     model(idx[:, :5], cache=modules)
+    uses_kernel = kernel and kernel_module._compiler() is not None
+    assert model.decode_ops(flat) is (KernelDecodeOps if uses_kernel else TorchDecodeOps)
     for t in range(5, 12):
         expected, _ = model(idx[:, t : t + 1], cache=modules)
-        assert torch.equal(model.decode_step(idx[:, t : t + 1], flat), expected), t
+        logits = model.decode_step(idx[:, t : t + 1], flat)
+        if uses_kernel:  # the kernel's sums run in another order: the same up to float rounding
+            assert torch.allclose(logits, expected, atol=1e-5, rtol=1e-5), t
+        else:  # PyTorch's operations are the modules' very operations: the same numbers
+            assert torch.equal(logits, expected), t
     assert flat.length == modules.length == 12
-    assert torch.equal(flat.k, modules.k) and torch.equal(flat.v, modules.v)
+    assert torch.allclose(flat.k, modules.k, atol=1e-5) and torch.allclose(flat.v, modules.v, atol=1e-5)
+
+
+@torch.no_grad()
+def test_kernel_ops_leave_what_the_kernel_cannot_read_to_pytorch(monkeypatch):
+    monkeypatch.setattr(kernel_module, "linear", lambda *args: pytest.fail("kernel used"))
+    monkeypatch.setattr(kernel_module, "attend", lambda *args: pytest.fail("kernel used"))
+    model = tiny_model().double()  # float64 weights: the kernel reads float32 only
+    block = model.transformer.h[0]
+    x = torch.randn(2, 32, dtype=torch.float64)
+    expected = TorchDecodeOps.linear(x, block.mlp.c_fc, norm=block.ln_2, gelu="tanh")
+    assert torch.equal(KernelDecodeOps.linear(x, block.mlp.c_fc, norm=block.ln_2, gelu="tanh"), expected)
+    cache = model.new_cache(2)
+    assert model.decode_ops(cache) is TorchDecodeOps  # a float64 cache: PyTorch's operations for the whole step
+    qkv = torch.randn(2, 96, dtype=torch.float64)
+    assert torch.equal(KernelDecodeOps.attend(qkv, cache.k[0], cache.v[0], 0),
+                       TorchDecodeOps.attend(qkv, cache.k[0].clone(), cache.v[0].clone(), 0))
 
 
 @torch.no_grad()

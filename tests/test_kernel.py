@@ -1,11 +1,11 @@
-"""The compiled one-row kernel: right products, built once per machine, and a clean way out where it can't be built."""
+"""The compiled decode kernel: right results, built once per machine, and a clean way out where it can't be built."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import nanogpt_edu.matvec as mv
-from nanogpt_edu.model import GPT, GPTConfig
+import nanogpt_edu.kernel as mv
+from nanogpt_edu.model import GPT, GPTConfig, TorchDecodeOps
 from nanogpt_edu.sampling import generate
 
 needs_compiler = pytest.mark.skipif(mv._compiler() is None, reason="no C compiler on this machine")
@@ -39,7 +39,7 @@ def test_kernel_gives_f_linear_product(batch, out_features, in_features, bias):
     weight = torch.randn(out_features, in_features, generator=g)
     b = torch.randn(out_features, generator=g) if bias else None
     assert mv.can_use(x, weight, b)
-    y = mv.matvec(x, weight, b)
+    y = mv.linear(x, weight, b)
     assert y.shape == (batch, out_features)
     expected = reference(x, weight, b)
     assert torch.allclose(y, expected, atol=1e-4, rtol=1e-5)
@@ -48,17 +48,75 @@ def test_kernel_gives_f_linear_product(batch, out_features, in_features, bias):
         assert (y - expected).abs().max() <= 2 * (F.linear(x, weight, b) - expected).abs().max() + 1e-6
 
 
-@pytest.mark.parametrize("case", ["transposed weight", "strided x", "float64", "1-D x", "int bias"])
+@needs_compiler
+@pytest.mark.parametrize("gelu", [None, "none", "tanh"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_kernel_linear_with_layer_norm_and_gelu_matches_pytorch(gelu, batch):
+    assert mv.load_kernel() is not None
+    g = torch.Generator().manual_seed(1)
+    x = 3 * torch.randn(batch, 96, generator=g) + 1  # off-centre and wide, so the layer norm has work to do
+    weight, bias = torch.randn(200, 96, generator=g) / 10, torch.randn(200, generator=g)
+    norm_weight, norm_bias = torch.randn(96, generator=g), torch.randn(96, generator=g)
+    y = mv.linear(x, weight, bias, gelu=gelu, norm=(norm_weight, norm_bias, 1e-5))
+    expected = F.linear(F.layer_norm(x.double(), (96,), norm_weight.double(), norm_bias.double(), 1e-5),
+                        weight.double(), bias.double())
+    if gelu is not None:
+        expected = F.gelu(expected, approximate=gelu)
+        assert (expected < 0).any() and (expected > 1).any()  # both bends of GELU are exercised
+    assert torch.allclose(y.double(), expected, atol=2e-5, rtol=1e-5)
+    assert torch.allclose(mv.linear(x, weight, None, norm=(norm_weight, None, 1e-5)),
+                          F.linear(F.layer_norm(x, (96,), norm_weight, None, 1e-5), weight), atol=2e-5)
+
+
+@needs_compiler
+def test_kernel_linear_adds_into_the_residual_in_place():
+    assert mv.load_kernel() is not None
+    g = torch.Generator().manual_seed(2)
+    x, weight, bias = torch.randn(2, 64, generator=g), torch.randn(48, 64, generator=g), torch.randn(48, generator=g)
+    residual = torch.randn(2, 48, generator=g)
+    expected = residual + F.linear(x, weight, bias)
+    out = mv.linear(x, weight, bias, add_to=residual)
+    assert out is residual  # updated in place, no new tensor
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("batch, n_head, head_size", [(1, 12, 64), (3, 4, 8), (2, 1, 5)])
+def test_kernel_attend_stores_the_new_position_and_matches_sdpa(batch, n_head, head_size):
+    assert mv.load_kernel() is not None
+    g = torch.Generator().manual_seed(3)
+    capacity, C = 40, n_head * head_size
+    k_ours, v_ours = torch.zeros(batch, n_head, capacity, head_size), torch.zeros(batch, n_head, capacity, head_size)
+    k_ref, v_ref = k_ours.clone(), v_ours.clone()
+    ours_error = sdpa_error = 0.0
+    for position in range(capacity):  # from one cached position to a full cache, the first one parallel or not
+        qkv = 4 * torch.randn(batch, 3 * C, generator=g)  # large scores: the softmax's running maximum moves
+        y = mv.attend(qkv, k_ours, v_ours, position)
+        expected = TorchDecodeOps.attend(qkv, k_ref, v_ref, position)
+        assert y.shape == (batch, C)
+        assert torch.equal(k_ours, k_ref) and torch.equal(v_ours, v_ref)  # exactly the same cache, nothing else written
+        # float64 attention over the same cache: the ground truth both float32 results are compared with
+        q = qkv.double().view(batch, 3, n_head, 1, head_size)[:, 0]
+        keys, values = k_ref[:, :, : position + 1].double(), v_ref[:, :, : position + 1].double()
+        truth = ((q @ keys.transpose(-1, -2)) / head_size**0.5).softmax(-1) @ values
+        ours_error = max(ours_error, (y.double() - truth.view(batch, C)).abs().max().item())
+        sdpa_error = max(sdpa_error, (expected.double() - truth.view(batch, C)).abs().max().item())
+    assert ours_error < 1e-4
+    assert ours_error <= 2 * sdpa_error + 1e-6  # as accurate as PyTorch's own attention
+
+
+@pytest.mark.parametrize("case", ["transposed weight", "strided x", "float64", "meta device", "int bias"])
 def test_can_use_refuses_what_the_kernel_cannot_read(case):
     x, weight, bias = torch.randn(1, 8), torch.randn(4, 8), torch.randn(4)
+    assert mv.can_use(x, weight, bias, None)
     if case == "transposed weight":
         weight = torch.randn(8, 4).t()
     elif case == "strided x":
         x = torch.randn(1, 16)[:, ::2]
     elif case == "float64":
         x, weight, bias = x.double(), weight.double(), bias.double()
-    elif case == "1-D x":
-        x = x[0]
+    elif case == "meta device":
+        x = x.to("meta")
     else:
         bias = torch.ones(4, dtype=torch.int32)
     assert not mv.can_use(x, weight, bias)
@@ -67,11 +125,11 @@ def test_can_use_refuses_what_the_kernel_cannot_read(case):
 @needs_compiler
 def test_kernel_is_built_once_per_machine_and_cached(fresh):
     first = mv.build_kernel()
-    assert first.startswith("matvec kernel: built ")
-    libraries = list((fresh / "nanogpt-edu").glob("matvec-*"))
+    assert first.startswith("decode kernel: built ")
+    libraries = list((fresh / "nanogpt-edu").glob("kernel-*"))
     assert len(libraries) == 1
     built_at = libraries[0].stat().st_mtime_ns
-    assert mv.build_kernel().startswith("matvec kernel: already built")
+    assert mv.build_kernel().startswith("decode kernel: already built")
     assert libraries[0].stat().st_mtime_ns == built_at  # not compiled again
     assert list((fresh / "nanogpt-edu").iterdir()) == libraries  # no temporary files left behind
 
@@ -97,8 +155,8 @@ def test_damaged_library_is_removed_and_rebuilt(fresh):
 def test_without_a_compiler_generation_still_works(fresh, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-here")
     report = mv.build_kernel()
-    assert report == ("matvec kernel: not built (no C compiler found (set CC to one)); "
-                      "PyTorch's own matrix products will be used")
+    assert report == ("decode kernel: not built (no C compiler found (set CC to one)); "
+                      "PyTorch's own operations will be used")
     assert mv.load_kernel() is None
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16)).eval()
@@ -109,7 +167,7 @@ def test_without_a_compiler_generation_still_works(fresh, monkeypatch):
 def test_environment_switch_turns_the_kernel_off(fresh, monkeypatch):
     monkeypatch.setenv("NANOGPT_EDU_KERNEL", "0")
     assert mv.load_kernel() is None
-    assert mv.build_kernel() == "matvec kernel: turned off by NANOGPT_EDU_KERNEL"
+    assert mv.build_kernel() == "decode kernel: turned off by NANOGPT_EDU_KERNEL"
     assert not (fresh / "nanogpt-edu").exists()
 
 
@@ -120,12 +178,12 @@ def test_command_line_build_reports_in_one_line(fresh, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-here")
     result = subprocess.run([sys.executable, "-m", "nanogpt_edu.build_kernel"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == ""
-    assert result.stdout.count("\n") == 1 and result.stdout.startswith("matvec kernel: not built")
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("decode kernel: not built")
 
 
 def test_a_failed_build_is_not_retried_by_every_process(fresh, monkeypatch):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    assert mv.build_kernel().startswith("matvec kernel: not built (false failed: ")
+    assert mv.build_kernel().startswith("decode kernel: not built (false failed: ")
     path = mv._cache_path()
     assert mv._failure_note(path).exists() and not path.exists()
     monkeypatch.setattr(mv, "_try_compile", lambda path: pytest.fail("compiled again"))
@@ -135,4 +193,4 @@ def test_a_failed_build_is_not_retried_by_every_process(fresh, monkeypatch):
     assert mv.load_kernel() is None  # and decides once, not before every product
     monkeypatch.setattr(mv, "_cache_path", cache_path)
     monkeypatch.setattr(mv, "_try_compile", lambda path: "still failing")
-    assert mv.build_kernel() == "matvec kernel: not built (still failing); PyTorch's own matrix products will be used"
+    assert mv.build_kernel() == "decode kernel: not built (still failing); PyTorch's own operations will be used"
