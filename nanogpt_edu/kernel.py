@@ -218,8 +218,11 @@ def build_kernel() -> str:
 
 def can_use(*tensors: torch.Tensor | None) -> bool:
     """Return True if the kernel can read every one of ``tensors`` (None allowed): contiguous fp32 on the CPU."""
-    # is_cpu rather than device.type: this runs for every tensor of every decode step
-    return all(t is None or (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()) for t in tensors)
+    # a plain loop, and is_cpu rather than device.type: this runs for every tensor of every decode step
+    for t in tensors:
+        if t is not None and not (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()):
+            return False
+    return True
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str | None = None,

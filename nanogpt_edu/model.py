@@ -182,11 +182,12 @@ class KernelDecodeOps:
     @staticmethod
     def linear(x: torch.Tensor, layer: nn.Linear, norm: LayerNorm | None = None, gelu: str | None = None,
                add_to: torch.Tensor | None = None) -> torch.Tensor:
-        norm_weights = () if norm is None else (norm.weight, norm.bias)
-        if not can_use(x, layer.weight, layer.bias, add_to, *norm_weights):
+        weight, bias = layer.weight, layer.bias  # read once: a module's attributes are slow to look up
+        norm_weight, norm_bias = (None, None) if norm is None else (norm.weight, norm.bias)
+        if not can_use(x, weight, bias, add_to, norm_weight, norm_bias):
             return TorchDecodeOps.linear(x, layer, norm, gelu, add_to)
-        norm_args = None if norm is None else (*norm_weights, LAYER_NORM_EPS)
-        return kernel.linear(x, layer.weight, layer.bias, gelu, add_to, norm_args)
+        norm_args = None if norm is None else (norm_weight, norm_bias, LAYER_NORM_EPS)
+        return kernel.linear(x, weight, bias, gelu, add_to, norm_args)
 
     @staticmethod
     def attend(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: int) -> torch.Tensor:
