@@ -297,3 +297,21 @@ def test_generate_sizes_its_cache_to_the_generation(monkeypatch):
     generate(model, torch.zeros(2, 5, dtype=torch.long), 7, temperature=0)
     generate(model, torch.zeros(1, 5, dtype=torch.long), 40, temperature=0)  # slides past block_size 32
     assert sizes == [(2, 12), (1, 32)]
+
+
+@needs_compiler
+@pytest.mark.parametrize("temperature", [0, 0.8], ids=["greedy", "seeded sampling"])
+def test_kernel_and_pytorch_operations_give_the_same_pocket_tokens(pocket, monkeypatch, temperature):
+    x = torch.tensor([encode("KING RICHARD II:")[:3], encode("First Citizen:")])  # two rows of 3 tokens
+    new = 100
+
+    def run():
+        return generate(pocket, x, new, temperature=temperature, top_k=200,
+                        generator=torch.Generator().manual_seed(1))
+
+    calls = count_calls(monkeypatch, kernel_module, "attend")
+    with_kernel = run()
+    assert len(calls) == (new - 1) * pocket.config.n_layer  # every one-token step's attention ran in the kernel
+    monkeypatch.setattr(GPT, "decode_ops", lambda self, cache: TorchDecodeOps)
+    assert torch.equal(run(), with_kernel)
+    assert len(calls) == (new - 1) * pocket.config.n_layer  # and now none did
