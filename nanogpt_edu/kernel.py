@@ -81,18 +81,30 @@ void linear(const float *w, const float *x, const float *bias, float *out, int64
         layer_norm(x, norm_weight, norm_bias, normed, B, I, eps);
         x = normed;
     }
-    /* the cores share the rows, handed out in shrinking chunks ("guided") so a core that starts late takes
-       fewer; a small matrix stays on one core, as starting the other costs more than it saves */
+    /* Each core reads four rows at once, from four places a quarter of the matrix apart: the memory delivers
+       several streams far apart faster than one (GPT-2 small's products took 20-30% less time here, bench/matvec.py).
+       The cores share the groups of rows, handed out in shrinking chunks ("guided") so a core that starts late
+       takes fewer; a small matrix stays on one core, as starting the other costs more than it saves */
+    int64_t Q = (O + 3) / 4;  /* rows r, r + Q, r + 2Q and r + 3Q go together */
     #pragma omp parallel for schedule(guided, 16) if (O * I >= 65536)
-    for (int64_t o = 0; o < O; o++) {
-        const float *row = w + o * I;
+    for (int64_t r = 0; r < Q; r++) {
+        const float *w0 = w + r * I;  /* where the last quarter is short, row r again: summed, never stored */
+        const float *w1 = r + Q < O ? w0 + Q * I : w0;
+        const float *w2 = r + 2 * Q < O ? w0 + 2 * Q * I : w0;
+        const float *w3 = r + 3 * Q < O ? w0 + 3 * Q * I : w0;
         for (int64_t b = 0; b < B; b++) {
             const float *xb = x + b * I;
-            float sum = 0.0f;
-            #pragma omp simd reduction(+ : sum)
-            for (int64_t i = 0; i < I; i++)
-                sum += row[i] * xb[i];
-            put(out + b * O + o, bias ? sum + bias[o] : sum, mode);
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+            #pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int64_t i = 0; i < I; i++) {
+                s0 += w0[i] * xb[i];
+                s1 += w1[i] * xb[i];
+                s2 += w2[i] * xb[i];
+                s3 += w3[i] * xb[i];
+            }
+            float sums[4] = {s0, s1, s2, s3};
+            for (int64_t k = 0; k < 4 && r + k * Q < O; k++)
+                put(out + b * O + r + k * Q, bias ? sums[k] + bias[r + k * Q] : sums[k], mode);
         }
     }
 }
@@ -218,8 +230,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gel
     """Return ``F.linear(x, weight, bias)`` for ``x`` (B, in_features), computed by the kernel (see ``can_use``).
 
     ``norm`` (weight, bias, eps) puts ``x`` through a layer norm first; ``gelu`` ("none" or "tanh", as F.gelu's
-    ``approximate``) passes the result through GELU; ``add_to`` (B, out_features) gets the result added to it in
-    place, and is returned. The sums run in another order than PyTorch's, so results agree with ``F.linear``
+    ``approximate``) passes the result through GELU; ``add_to`` (B, out_features, not sharing memory with ``x``)
+    gets the result added to it in place, and is returned. The sums run in another order than PyTorch's, so results agree with ``F.linear``
     (and ``F.layer_norm``, ``F.gelu``) up to float rounding.
     """
     B, (O, I) = x.size(0), weight.shape

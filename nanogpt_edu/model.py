@@ -356,12 +356,12 @@ class GPT(nn.Module):
         """Return the logits (B, 1, vocab_size) of one new token per sequence, ``idx`` (B, 1), after the cached ones.
 
         The same computation as ``self(idx, cache=cache)``, written as one flat loop over the layers with the
-        operations of ``decode_ops``: the compiled kernel's where it can read the model, else PyTorch's (then the
-        very same numbers as ``forward``, tested). On the README's 2-core test machine a GPT-2 small step spends
-        about 18 ms reading its 500 MB of weights; around those products, ``forward``'s ~140 module calls spent
-        about 5 ms, this loop with PyTorch's operations about 3, with the kernel's about 1
-        (``bench/decode_parts.py``). ``generate`` uses it for its one-token steps when ``uses_flat_decode()`` says
-        it may.
+        operations of ``decode_ops``: the compiled kernel's where it was built, else PyTorch's (then the very same
+        numbers as ``forward``, tested). On the README's 2-core test machine a GPT-2 small step spends about 18 ms
+        reading its 500 MB of weights; everything around those products (with ``generate``'s sampling) took
+        about 6 ms through ``forward``'s ~140 module calls, 4 ms in this loop with PyTorch's operations and 2 ms
+        with the kernel's (``bench/decode_parts.py``, products replaced by zeros). ``generate`` uses it for its
+        one-token steps when ``uses_flat_decode()`` says it may.
         """
         B, T = idx.size()
         start = cache.length

@@ -29,8 +29,10 @@ def reference(x, weight, bias):
 @needs_compiler
 @pytest.mark.parametrize(
     "batch, out_features, in_features, bias",
-    [(1, 2304, 768, True), (3, 999, 1001, False), (1, 7, 5, True), (2, 300, 256, True), (0, 64, 32, True)],
-    ids=["gpt2 c_attn", "odd sizes", "tiny", "just above the two-core size", "empty batch"],
+    [(1, 2304, 768, True), (3, 999, 1001, False), (1, 7, 5, True), (2, 3, 16, True), (2, 1, 9, False),
+     (2, 300, 256, True), (1, 50257, 2, True), (0, 64, 32, True)],
+    ids=["gpt2 c_attn", "odd sizes", "tiny", "fewer rows than groups", "one row", "just above the two-core size",
+         "a head's shape, two cores", "empty batch"],
 )
 def test_kernel_gives_f_linear_product(batch, out_features, in_features, bias):
     assert mv.load_kernel() is not None  # this machine has a compiler, so the kernel must build
