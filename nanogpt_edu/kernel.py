@@ -188,15 +188,15 @@ def load_kernel(build: bool = True) -> ctypes.CDLL | None:
     _tried = True
     try:
         library = ctypes.CDLL(str(path))
-        functions = library.linear, library.layer_norm, library.attend
+        linear_function, attend_function = library.linear, library.attend
     except (OSError, AttributeError):
         path.unlink(missing_ok=True)  # a damaged file from an interrupted build: rebuilt next process
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    for function, argtypes in zip(functions, ([pointer] * 4 + [size] * 3 + [ctypes.c_int] + [pointer] * 2 + [ctypes.c_float, pointer],
-                                              [pointer] * 4 + [size] * 2 + [ctypes.c_float],
-                                              [pointer] * 4 + [size] * 5)):
-        function.argtypes, function.restype = argtypes, None
+    # the C signatures: ctypes converts and checks each argument against these
+    linear_function.argtypes = [pointer] * 4 + [size] * 3 + [ctypes.c_int, pointer, pointer, ctypes.c_float, pointer]
+    attend_function.argtypes = [pointer] * 4 + [size] * 5
+    linear_function.restype = attend_function.restype = None
     _kernel = library
     return _kernel
 
@@ -231,8 +231,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gel
 
     ``norm`` (weight, bias, eps) puts ``x`` through a layer norm first; ``gelu`` ("none" or "tanh", as F.gelu's
     ``approximate``) passes the result through GELU; ``add_to`` (B, out_features, not sharing memory with ``x``)
-    gets the result added to it in place, and is returned. The sums run in another order than PyTorch's, so results agree with ``F.linear``
-    (and ``F.layer_norm``, ``F.gelu``) up to float rounding.
+    gets the result added to it in place, and is returned. The sums run in another order than PyTorch's, so
+    results agree with ``F.linear`` (and ``F.layer_norm``, ``F.gelu``) up to float rounding. No gradients.
     """
     B, (O, I) = x.size(0), weight.shape
     out = torch.empty(B, O, dtype=torch.float32) if add_to is None else add_to

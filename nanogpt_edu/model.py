@@ -2,8 +2,9 @@
 
 One class per concept: ``LayerNorm``, ``CausalSelfAttention``, ``MLP``, ``Block`` and ``GPT``, configured by the
 ``GPTConfig`` dataclass; ``KVCache``, ``DecodeLinear``, ``GPT.decode_step`` and its two sets of operations
-(``TorchDecodeOps``, ``KernelDecodeOps``) are what make generating one token at a time fast. Parameter names match Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a matter of
-copying tensors (see ``nanogpt_edu.porting``).
+(``TorchDecodeOps``, ``KernelDecodeOps``) are what make generating one token at a time fast. Parameter names match
+Hugging Face's ``GPT2LMHeadModel`` so that porting weights is a matter of copying tensors (see
+``nanogpt_edu.porting``).
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class KernelDecodeOps:
     Each small PyTorch operation of a step (a layer norm, a GELU, a cache write) costs tens of microseconds once
     the weights streaming through the CPU's caches have pushed out what it needs; done inside the kernel's calls
     they cost next to nothing, and the residual stream is updated in place. A tensor the kernel cannot read
-    (see ``kernel.can_use``) sends that operation to ``TorchDecodeOps``.
+    (see ``kernel.can_use``) sends that operation to ``TorchDecodeOps``. For inference: no gradients.
     """
 
     @staticmethod
