@@ -235,8 +235,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gel
     results agree with ``F.linear`` (and ``F.layer_norm``, ``F.gelu``) up to float rounding. No gradients.
     """
     B, (O, I) = x.size(0), weight.shape
-    out = torch.empty(B, O, dtype=torch.float32) if add_to is None else add_to
     norm_weight, norm_bias, eps = norm if norm is not None else (None, None, 0.0)
+    # the C code trusts these sizes: a mismatch would read or write past a tensor's end
+    if (x.dim() != 2 or x.size(1) != I or (bias is not None and bias.numel() != O)
+            or (add_to is not None and add_to.shape != (B, O))
+            or (norm is not None and (norm_weight.numel() != I or (norm_bias is not None and norm_bias.numel() != I)))):
+        raise ValueError(f"kernel.linear: x {tuple(x.shape)} and weight {tuple(weight.shape)} (with its bias, norm "
+                         "or add_to) do not fit together")
+    if gelu is not None and add_to is not None:
+        raise ValueError("kernel.linear: gelu and add_to cannot be combined")
+    out = torch.empty(B, O, dtype=torch.float32) if add_to is None else add_to
     normed = torch.empty_like(x) if norm is not None else None  # where the kernel puts the layer norm's output
     _kernel.linear(weight.data_ptr(), x.data_ptr(), _pointer(bias), out.data_ptr(), B, O, I,
                    GELU_MODES[gelu] if add_to is None else ADD, _pointer(norm_weight), _pointer(norm_bias), eps,
@@ -253,6 +261,9 @@ def attend(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, posi
     rounding.
     """
     B, H, capacity, D = k_cache.shape
+    if qkv.shape != (B, 3 * H * D) or v_cache.shape != k_cache.shape or not 0 <= position < capacity:
+        raise ValueError(f"kernel.attend: qkv {tuple(qkv.shape)}, caches {tuple(k_cache.shape)} and "
+                         f"{tuple(v_cache.shape)}, position {position} do not fit together")
     y = torch.empty(B, H * D, dtype=torch.float32)
     _kernel.attend(qkv.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), y.data_ptr(), B, H, D, position, capacity)
     return y

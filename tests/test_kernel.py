@@ -107,6 +107,28 @@ def test_kernel_attend_stores_the_new_position_and_matches_sdpa(batch, n_head, h
     assert ours_error <= 2 * sdpa_error + 1e-6  # as accurate as PyTorch's own attention
 
 
+@needs_compiler
+def test_kernel_refuses_sizes_that_would_read_past_a_tensor():
+    assert mv.load_kernel() is not None
+    x, weight, bias = torch.randn(2, 8), torch.randn(4, 8), torch.randn(4)
+    bad_linear = [
+        dict(x=torch.randn(2, 9), weight=weight, bias=bias),
+        dict(x=x, weight=weight, bias=torch.randn(5)),
+        dict(x=x, weight=weight, bias=bias, add_to=torch.randn(2, 5)),
+        dict(x=x, weight=weight, bias=bias, norm=(torch.ones(7), None, 1e-5)),
+        dict(x=x, weight=weight, bias=bias, norm=(torch.ones(8), torch.zeros(9), 1e-5)),
+        dict(x=x, weight=weight, bias=bias, gelu="tanh", add_to=torch.randn(2, 4)),
+    ]
+    for kwargs in bad_linear:
+        with pytest.raises(ValueError, match="kernel.linear: "):
+            mv.linear(**kwargs)
+    k, v = torch.zeros(1, 2, 6, 4), torch.zeros(1, 2, 6, 4)
+    for qkv, position in ((torch.randn(1, 24), 6), (torch.randn(1, 24), -1), (torch.randn(1, 23), 0)):
+        with pytest.raises(ValueError, match="kernel.attend: "):
+            mv.attend(qkv, k, v, position)
+    assert not k.any() and not v.any()  # nothing written
+
+
 @pytest.mark.parametrize("case", ["transposed weight", "strided x", "float64", "meta device", "int bias"])
 def test_can_use_refuses_what_the_kernel_cannot_read(case):
     x, weight, bias = torch.randn(1, 8), torch.randn(4, 8), torch.randn(4)
