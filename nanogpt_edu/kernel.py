@@ -53,8 +53,9 @@ static inline void put(float *out, float y, int mode)
     *out = mode == ADD ? *out + y : y;
 }
 
-/* out[b] = (x[b] - mean) / sqrt(variance + eps) * weight + bias, for x (B, C) */
-void layer_norm(const float *x, const float *weight, const float *bias, float *out, int64_t B, int64_t C, float eps)
+/* out[b] = (x[b] - mean) / sqrt(variance + eps) * weight + bias, for x (B, C); linear calls it */
+static void layer_norm(const float *x, const float *weight, const float *bias, float *out, int64_t B, int64_t C,
+                       float eps)
 {
     for (int64_t b = 0; b < B; b++) {
         const float *xb = x + b * C;

@@ -91,7 +91,7 @@ class DecodeLinear(nn.Linear):
     Generating a token multiplies a single row by every weight matrix, so a decode step lasts as long as reading the
     weights from memory takes, and PyTorch's usual route for a single row reads them slower than the memory allows
     (``bench/matvec.py`` measures the routes side by side). On a CPU in fp32 with no gradients this layer uses the
-    compiled kernel of ``nanogpt_edu.matvec`` if the machine could build it, else oneDNN for big weights (see
+    compiled kernel of ``nanogpt_edu.kernel`` if the machine could build it, else oneDNN for big weights (see
     ``ONEDNN_MIN_WEIGHTS``). It is the same product up to float rounding (the sums run in another order).
     Parameters and state_dict are nn.Linear's. Training, several positions at once, other dtypes and other devices
     take the ordinary ``F.linear``.

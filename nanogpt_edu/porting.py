@@ -130,6 +130,7 @@ def port_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPTCon
     read one key at a time, so a lazy mapping (see ``SafetensorsFile``) never holds more than one extra tensor.
     """
     expected = _expected_shapes(config)
+    lazy = isinstance(hf_state_dict, SafetensorsFile)  # a file read tensor by tensor, not a dict in memory
     ported: dict[str, torch.Tensor] = {}
     for hf_key in hf_state_dict.keys():
         if hf_key.endswith(IGNORED_SUFFIXES):
@@ -138,7 +139,6 @@ def port_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPTCon
         if key not in expected:
             raise PortingError(f"unexpected key {hf_key!r} in the Hugging Face state dict (no such parameter)")
         if key.endswith(TRANSPOSED):
-            lazy = isinstance(hf_state_dict, SafetensorsFile)
             hf_shape = hf_state_dict.shape(hf_key) if lazy else tuple(hf_state_dict[hf_key].shape)
             if len(hf_shape) != 2 or hf_shape[::-1] != tuple(expected[key]):
                 raise PortingError(
