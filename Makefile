@@ -32,7 +32,7 @@ notebooks: setup
 
 # the static HTML edition of the series (stored outputs, no network) in build/html; open build/html/index.html
 html: setup
-	$(PY) -m nanogpt_edu.html_edition --out build/html
+	$(PY) scripts/html_edition.py --out build/html
 
 # speed and memory measurements (a few minutes; prints tables, writes bench/results/)
 bench: setup

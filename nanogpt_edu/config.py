@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .sampling import check_sampling_args
+
 
 class ConfigError(ValueError):
     """A bad config file or ``--key=value`` argument; the message says which and why, in one line."""
@@ -156,14 +158,10 @@ def validate(config: SampleConfig) -> None:
         raise ConfigError(f"num_samples must be at least 1, got {config.num_samples}")
     if config.max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {config.max_new_tokens}")
-    if not config.temperature >= 0 or config.temperature == float("inf"):
-        raise ConfigError(f"temperature must be a finite number >= 0 (0 means greedy), got {config.temperature}")
-    if config.top_k is not None and config.top_k < 1:
-        raise ConfigError(f"top_k must be at least 1 (or None for no limit), got {config.top_k}")
-    if config.top_p is not None and not 0 < config.top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1], got {config.top_p}")
-    if config.min_p is not None and not 0 <= config.min_p <= 1:
-        raise ConfigError(f"min_p must be in [0, 1], got {config.min_p}")
+    try:  # the sampling settings' ranges are checked where they are used, in nanogpt_edu.sampling
+        check_sampling_args(config.temperature, config.top_k, config.top_p, config.min_p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if config.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
 

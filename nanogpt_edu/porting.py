@@ -1,5 +1,8 @@
 """Porting GPT-2 weights between Hugging Face's format and our ``GPT``, in both directions.
 
+nanoGPT does this in ``GPT.from_pretrained``; here it is ``from_pretrained`` in this module, because reading
+Hugging Face's files takes libraries (safetensors, huggingface_hub) that ``model.py`` does without.
+
 Hugging Face's ``GPT2LMHeadModel`` and our ``GPT`` have the same parameters under the same names, with one twist:
 OpenAI's original code (and so Hugging Face's) builds four of the linear layers in each block as ``Conv1D``, which
 stores its weight as (in_features, out_features), while ``nn.Linear`` stores (out_features, in_features). Those four
@@ -12,15 +15,17 @@ import json
 import os
 import socket
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .model import GPT, GPTConfig
+from .model import GPT, LAYER_NORM_EPS, GPTConfig
+from .tokenizer import EOT_ID, N_VOCAB
 
-# The four GPT-2 sizes (nanoGPT keeps the same table in model.py). All share vocab 50257, block 1024 and biases.
+# The four GPT-2 sizes (nanoGPT keeps the same table in model.py). All share the vocabulary, block 1024 and biases.
 GPT2_DIMS: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
@@ -50,7 +55,7 @@ def gpt2_config(name: str) -> GPTConfig:
     """Return the ``GPTConfig`` of one of the four GPT-2 sizes."""
     if name not in GPT2_DIMS:
         raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {', '.join(GPT2_DIMS)}")
-    return GPTConfig(vocab_size=50257, block_size=1024, bias=True, **GPT2_DIMS[name])
+    return GPTConfig(vocab_size=N_VOCAB, block_size=1024, bias=True, **GPT2_DIMS[name])
 
 
 def config_from_hf(hf_config: Mapping) -> GPTConfig:
@@ -71,7 +76,7 @@ def config_from_hf(hf_config: Mapping) -> GPTConfig:
         raise PortingError(f"config.json uses activation_function={activation!r}; supported: {', '.join(gelus)}")
     return GPTConfig(
         block_size=hf_config.get("n_positions", 1024),
-        vocab_size=hf_config.get("vocab_size", 50257),
+        vocab_size=hf_config.get("vocab_size", N_VOCAB),
         n_layer=hf_config.get("n_layer", 12),
         n_head=hf_config.get("n_head", 12),
         n_embd=n_embd,
@@ -98,12 +103,12 @@ def config_to_hf(config: GPTConfig) -> dict:
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": 1e-5,
+        "layer_norm_epsilon": LAYER_NORM_EPS,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "tie_word_embeddings": True,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "bos_token_id": EOT_ID,
+        "eos_token_id": EOT_ID,
     }
 
 
@@ -121,48 +126,47 @@ def _our_key(hf_key: str) -> str:
     return "transformer." + hf_key
 
 
-def port_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Return our ``GPT`` state dict for ``config`` made from a Hugging Face GPT-2 state dict.
+def _port_plan(hf_keys: Iterable[str], shape_of: Callable[[str], tuple[int, ...]],
+               config: GPTConfig) -> list[tuple[str, str, bool]]:
+    """Return ``(hf_key, our_key, transpose)`` for every tensor to copy, having checked every name and shape.
 
-    Keys may carry the ``transformer.`` prefix or not; mask buffers are dropped; the four Conv1D weights are
-    transposed; ``lm_head.weight`` is filled from ``wte`` when the checkpoint leaves it out (it is tied). Every
-    key and shape is checked, and a mismatch raises ``PortingError`` naming the key and both shapes. Values are
-    read one key at a time, so a lazy mapping (see ``SafetensorsFile``) never holds more than one extra tensor.
+    Nothing is read yet: a checkpoint that does not fit ``config`` is refused before any tensor is loaded. The
+    head is tied to ``wte``, so a checkpoint's own ``lm_head.weight`` is checked but not copied.
     """
     expected = _expected_shapes(config)
-    lazy = isinstance(hf_state_dict, SafetensorsFile)  # a file read tensor by tensor, not a dict in memory
-    ported: dict[str, torch.Tensor] = {}
-    for hf_key in hf_state_dict.keys():
+    plan = []
+    for hf_key in hf_keys:
         if hf_key.endswith(IGNORED_SUFFIXES):
             continue
         key = _our_key(hf_key)
         if key not in expected:
             raise PortingError(f"unexpected key {hf_key!r} in the Hugging Face state dict (no such parameter)")
-        if key.endswith(TRANSPOSED):
-            hf_shape = hf_state_dict.shape(hf_key) if lazy else tuple(hf_state_dict[hf_key].shape)
-            if len(hf_shape) != 2 or hf_shape[::-1] != tuple(expected[key]):
-                raise PortingError(
-                    f"shape mismatch for {hf_key!r}: Hugging Face has {hf_shape}, "
-                    f"our GPT expects {tuple(expected[key])} after transposing the Conv1D weight, "
-                    f"so {tuple(expected[key][::-1])} before"
-                )
-            # copied into nn.Linear's (out, in) row order, which the decode kernel reads row by row; from a file,
-            # a few rows at a time, so porting never holds a second copy of a big matrix
-            tensor = hf_state_dict.read_transposed(hf_key) if lazy else hf_state_dict[hf_key].t().contiguous()
-        else:
-            tensor = hf_state_dict[hf_key]
-            if tensor.shape != expected[key]:
-                raise PortingError(
-                    f"shape mismatch for {hf_key!r}: Hugging Face has {tuple(tensor.shape)}, "
-                    f"our GPT expects {tuple(expected[key])}"
-                )
-        ported[key] = tensor
-    if "lm_head.weight" not in ported and "transformer.wte.weight" in ported:
-        ported["lm_head.weight"] = ported["transformer.wte.weight"]
-    missing = [k for k in expected if k not in ported]
+        shape, transpose = tuple(shape_of(hf_key)), key.endswith(TRANSPOSED)
+        if shape != (tuple(expected[key])[::-1] if transpose else tuple(expected[key])):
+            note = (f" after transposing the Conv1D weight, so {tuple(expected[key])[::-1]} before"
+                    if transpose else "")
+            raise PortingError(f"shape mismatch for {hf_key!r}: Hugging Face has {shape}, "
+                               f"our GPT expects {tuple(expected[key])}{note}")
+        if key != "lm_head.weight":
+            plan.append((hf_key, key, transpose))
+    missing = [k for k in expected if k != "lm_head.weight" and k not in {key for _, key, _ in plan}]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise PortingError(f"missing key {missing[0]!r}{more} in the Hugging Face state dict")
+    return plan
+
+
+def port_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Return our ``GPT`` state dict for ``config`` made from a Hugging Face GPT-2 state dict.
+
+    Keys may carry the ``transformer.`` prefix or not; mask buffers are dropped; the four Conv1D weights are
+    transposed (into new tensors in ``nn.Linear``'s row order); ``lm_head.weight`` is ``wte``'s tensor (tied).
+    Every key and shape is checked, and a mismatch raises ``PortingError`` naming the key and both shapes.
+    """
+    plan = _port_plan(hf_state_dict.keys(), lambda k: hf_state_dict[k].shape, config)
+    ported = {key: hf_state_dict[hf_key].t().contiguous() if transpose else hf_state_dict[hf_key]
+              for hf_key, key, transpose in plan}
+    ported["lm_head.weight"] = ported["transformer.wte.weight"]
     return ported
 
 
@@ -191,94 +195,13 @@ def save_hf_folder(model: GPT, folder: str | Path, dtype: torch.dtype = torch.fl
     return folder
 
 
-# safetensors' dtype names -> torch dtypes (the ones a GPT-2 checkpoint can hold)
-SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                      "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
-
-
-READ_CHUNK_BYTES = 4 << 20  # see SafetensorsFile.read_transposed
-
-
-class SafetensorsFile(Mapping):
-    """A read-only mapping over the tensors of a ``.safetensors`` file that reads each tensor only when asked.
-
-    The format is an 8-byte header length, a JSON header (dtype, shape and byte range of every tensor), then the
-    raw bytes. safetensors' own loader memory-maps the file, and every page it touches stays counted in the
-    process's resident memory while the mapping lives, which doubles the peak while porting. Reading each tensor
-    straight into its own buffer instead keeps the peak at the size of the weights.
-    """
-
-    def __init__(self, path: str | Path, dtype: torch.dtype | None = None):
-        self.path = Path(path)
-        self.dtype = dtype  # convert floating-point tensors to this as they are read (None: keep the file's)
-        with open(self.path, "rb") as f:
-            header_length = int.from_bytes(f.read(8), "little")
-            try:
-                header = json.loads(f.read(header_length))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise PortingError(f"{self.path} is not a safetensors file (its header is not JSON)") from None
-        header.pop("__metadata__", None)
-        self._entries = header
-        self._data_start = 8 + header_length
-        self._buffer = torch.empty(0, dtype=torch.uint8)  # reused by read_transposed
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        entry = self._entries[key]
-        if entry["dtype"] not in SAFETENSORS_DTYPES:
-            raise PortingError(f"{self.path}: tensor {key!r} has dtype {entry['dtype']}, which we do not read")
-        start, end = entry["data_offsets"]
-        raw = torch.empty(end - start, dtype=torch.uint8)
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + start)
-            if f.readinto(raw.numpy()) != end - start:
-                raise PortingError(f"{self.path} is truncated (tensor {key!r} is incomplete)")
-        tensor = raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
-        if self.dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(self.dtype)  # one tensor at a time: a float16 file never exists twice in float32
-        return tensor
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        """Return the shape of tensor ``key`` without reading it."""
-        return tuple(self._entries[key]["shape"])
-
-    def read_transposed(self, key: str) -> torch.Tensor:
-        """Return the 2-D tensor ``key`` transposed, as a new contiguous tensor, reading it a few rows at a time.
-
-        A transpose needs a copy. Reading the whole matrix and then copying it would free a matrix-sized buffer
-        for every tensor, and the C allocator keeps such freed memory for later (measured: the peak while porting
-        gpt2-medium: 1.35x the weights that way, 1.06x with one reused buffer of at most 4 MB).
-        """
-        entry = self._entries[key]
-        file_dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
-        if file_dtype is None or len(entry["shape"]) != 2:
-            raise PortingError(f"{self.path}: tensor {key!r} is not a 2-D matrix of a dtype we read")
-        rows, cols = entry["shape"]
-        dtype = self.dtype if self.dtype is not None and file_dtype.is_floating_point else file_dtype
-        out = torch.empty(cols, rows, dtype=dtype)
-        row_bytes = cols * file_dtype.itemsize
-        chunk = max(1, READ_CHUNK_BYTES // max(row_bytes, 1))
-        if self._buffer.numel() < min(chunk, rows) * row_bytes:
-            self._buffer = torch.empty(min(chunk, rows) * row_bytes, dtype=torch.uint8)
-        buffer = self._buffer
-        with open(self.path, "rb") as f:
-            f.seek(self._data_start + entry["data_offsets"][0])
-            for first in range(0, rows, chunk):
-                n = min(chunk, rows - first)
-                part = buffer[: n * row_bytes]
-                if f.readinto(part.numpy()) != n * row_bytes:
-                    raise PortingError(f"{self.path} is truncated (tensor {key!r} is incomplete)")
-                out[:, first : first + n] = part.view(file_dtype).view(n, cols).t()  # converts dtype too
-        return out
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GPT:
-    """Return a ``GPT`` (in eval mode) loaded from a Hugging Face GPT-2 folder written by ``save_pretrained``."""
+    """Return a ``GPT`` (in eval mode) loaded from a Hugging Face GPT-2 folder written by ``save_pretrained``.
+
+    The model's parameters are allocated once, empty, and each tensor of ``model.safetensors`` is read on its own
+    and copied into its parameter (the Conv1D weights transposed on the way), so loading holds the weights about
+    once, plus one tensor. Any tensor holding NaN or infinity is refused, by name.
+    """
     folder = Path(folder)
     for filename in (HF_CONFIG, HF_WEIGHTS):
         if not (folder / filename).is_file():
@@ -288,12 +211,43 @@ def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GP
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PortingError(f"{folder / HF_CONFIG} is not valid JSON: {e}") from None
     config = config_from_hf(hf_config)
-    ported = port_hf_state_dict(SafetensorsFile(folder / HF_WEIGHTS, dtype=dtype), config)
-    with torch.device("meta"):
-        model = GPT(config)  # no memory yet: load_state_dict(assign=True) adopts the loaded tensors
-    model.load_state_dict(ported, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced the parameter: tie it again
+    weights = folder / HF_WEIGHTS
+    try:
+        with safe_open(weights, framework="pt") as f:
+            plan = _port_plan(f.keys(), lambda k: f.get_slice(k).get_shape(), config)
+            model = _empty_model(config, dtype)
+            _copy_into(model, plan, f.get_tensor, weights)
+    except SafetensorError as e:
+        raise PortingError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
     return model.eval()
+
+
+def _empty_model(config: GPTConfig, dtype: torch.dtype) -> GPT:
+    # built on the meta device (no memory, no random init), then given real but unfilled memory once
+    with torch.device("meta"):
+        model = GPT(config).to(dtype)
+    model.to_empty(device="cpu")
+    model.lm_head.weight = model.transformer.wte.weight  # keep the tie whatever to_empty did with it
+    return model
+
+
+@torch.no_grad()
+def _copy_into(model: GPT, plan: list[tuple[str, str, bool]], read: Callable[[str], torch.Tensor],
+               source: Path) -> None:
+    params = model.state_dict()  # the model's own tensors: copying into them fills the model
+    # the biggest tensors first, while little of the model is filled yet: the one tensor read at a time then
+    # never sits on top of an almost full model
+    for hf_key, key, transpose in sorted(plan, key=lambda step: -params[step[1]].numel()):
+        tensor = read(hf_key)
+        if tensor.is_floating_point() and not _all_finite(tensor):
+            raise PortingError(f"{source}: tensor {hf_key!r} holds NaN or infinite values")
+        params[key].copy_(tensor.t() if transpose else tensor)  # converts the file's dtype too
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # any NaN or infinity makes the sum NaN or infinite, and summing is fast; a sum of huge finite values can
+    # overflow too, so only then is every element looked at
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 def hub_repo_ids(name: str) -> tuple[str, ...]:

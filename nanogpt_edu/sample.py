@@ -17,9 +17,9 @@ import torch
 
 from .config import ConfigError, SampleConfig, apply_overrides, resolve_start
 from .devices import DeviceError, setup_torch
-from .loading import LoadError, load_codec, load_model
+from .loading import LoadError, load
 from .porting import ModelNotAvailableError, PortingError
-from .sampling import generate, stream_text
+from .sampling import generate, start_from_eot_if_empty, stream_text
 
 SEPARATOR = "---------------"
 USER_ERRORS = (ConfigError, DeviceError, LoadError, PortingError, ModelNotAvailableError)
@@ -39,21 +39,20 @@ def run(config: SampleConfig, out: TextIO | None = None, err: TextIO | None = No
     prompt = resolve_start(config.start)
     setup = setup_torch(config.seed, config.device, config.dtype)
     print(setup.explanation, file=err)
-    model = load_model(config.init_from, config.out_dir).to(setup.device)
+    model, codec = load(config.init_from, config.out_dir)
+    model = model.to(setup.device)
     if config.compile:
         if setup.device == "cpu":
-            print("note: compile=True on a CPU makes the first generation wait for compilation (over a minute for "
-                  "GPT-2 here), and the compiled model generated more slowly than the plain one in this project's "
-                  "measurements (README, Speed); it is meant for GPUs", file=err)
+            print("note: compile=True on a CPU makes the first generation wait for compilation, and the compiled "
+                  "model generated more slowly than the plain one in this project's measurements (README, "
+                  "Speed); it is meant for GPUs", file=err)
         model = torch.compile(model)
-    codec = load_codec(config.init_from, config.out_dir)
-    start_ids = codec.encode(prompt)
-    skip = 0  # leading tokens not to print
-    if not start_ids:  # nothing to condition on: start from <|endoftext|>, as a new document would
-        if codec.eot is None:
-            raise ConfigError("start is empty and this model's vocabulary has no <|endoftext|> to start from")
-        start_ids, skip = [codec.eot], 1
-    x = torch.tensor(start_ids, dtype=torch.long, device=setup.device)[None, ...]  # (1, T)
+    prompt_ids = torch.tensor(codec.encode(prompt), dtype=torch.long, device=setup.device)[None, ...]  # (1, T)
+    try:
+        x = start_from_eot_if_empty(prompt_ids, codec.eot)
+    except ValueError as e:
+        raise ConfigError(f"start: {e}") from None
+    skip = x.size(1) - prompt_ids.size(1)  # the <|endoftext|> put before an empty prompt is not printed
     stop_token = codec.eot if config.stop_at_eot else None
     sampling = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, min_p=config.min_p,
                     stop_token=stop_token)

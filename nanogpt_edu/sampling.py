@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
-from .model import GPT
+from . import fast  # the engine: generate_steps asks it, once per call, for a faster one-token step
 from .tokenizer import EOT_ID, get_encoding
 
 
@@ -23,7 +23,7 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
     Temperature 0 is greedy decoding, which is an argmax rather than a division: ``sample_next_token`` handles it.
     """
-    _check_temperature(temperature)
+    check_sampling_args(temperature=temperature)
     if temperature == 0:
         raise ValueError("temperature 0 means greedy decoding (argmax); it cannot scale logits")
     return logits / temperature
@@ -36,7 +36,7 @@ def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
     keep more than k tokens. (Hugging Face's ``TopKLogitsWarper`` uses the same comparison.) A ``k`` larger than
     the vocabulary keeps everything.
     """
-    _check_top_k(k)
+    check_sampling_args(top_k=k)
     k = min(k, logits.size(-1))
     kth_largest = torch.topk(logits, k, dim=-1).values[..., [-1]]  # (B, 1)
     return logits.masked_fill(logits < kth_largest, -float("inf"))
@@ -51,7 +51,7 @@ def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
     on tokens whose cumulative probability lands on the cut-off up to float rounding, and at ``p = 1``, where
     rounding can make Hugging Face drop tokens of vanishing probability.
     """
-    _check_fraction("top_p", p, low_open=True)
+    check_sampling_args(top_p=p)
     if p == 1:
         return logits  # cumulative sums can round to just above 1; keeping everything is what p = 1 means
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -69,7 +69,7 @@ def min_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
     Unlike top-k and top-p the cut-off moves with the model's confidence: a sure model keeps few tokens, an unsure
     one many. ``p = 0`` keeps everything; ``p = 1`` keeps only the top token (and its ties).
     """
-    _check_fraction("min_p", p, low_open=False)
+    check_sampling_args(min_p=p)
     probs = F.softmax(logits, dim=-1)
     threshold = p * probs.max(dim=-1, keepdim=True).values
     return logits.masked_fill(probs < threshold, -float("inf"))
@@ -88,7 +88,7 @@ def sample_next_token(
     Temperature, then the masks that are set, then softmax and one ``torch.multinomial`` draw per row, with
     ``generator`` (or torch's global generator, as nanoGPT uses). ``temperature=0`` takes the argmax instead.
     """
-    _check_sampling_args(temperature, top_k, top_p, min_p)
+    check_sampling_args(temperature, top_k, top_p, min_p)
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (batch, vocab_size), got {tuple(logits.shape)}")
     return _sample(logits, temperature, top_k, top_p, min_p, generator)
@@ -132,9 +132,8 @@ def generate_steps(
     # room for the whole generation, or for block_size positions once it must slide the window
     capacity = min(block_size, idx.size(1) + max(max_new_tokens, 1))
     cache = model.new_cache(idx.size(0), capacity) if use_cache else None
-    # our GPT's one-token steps can skip the modules' Python (see GPT.decode_step); a model wrapped by
-    # torch.compile, or any other model, runs its own forward
-    flat = use_cache and isinstance(model, GPT) and model.uses_flat_decode()
+    # the engine's flat one-token step where it computes what the modules would (None: run model's forward)
+    decode_step = fast.decode_step_for(model, cache) if use_cache else None
     for _ in range(max_new_tokens):
         if cache is None:
             # nanoGPT's way: the model has only block_size position embeddings, so past that it sees the most
@@ -146,8 +145,8 @@ def generate_steps(
             # valid: run the cropped window again from scratch, exactly what nanoGPT's loop computes
             cache.reset()
             logits, _ = model(idx[:, -block_size:], cache=cache)
-        elif flat and cache.length > 0:
-            logits = model.decode_step(idx[:, -1:], cache)  # one token per step, after the prompt
+        elif decode_step is not None and cache.length > 0:
+            logits = decode_step(idx[:, -1:])  # one token per step, after the prompt
         else:
             logits, _ = model(idx[:, cache.length :], cache=cache)  # the prompt once, then one token per step
         idx_next = _sample(logits[:, -1, :], temperature, top_k, top_p, min_p, generator)
@@ -183,7 +182,7 @@ def generate(
     ``<|endoftext|>``; with ``stop_token`` a row that samples it is padded with it from then on, and generation
     stops early once every row has.
     """
-    idx = _start_from_eot_if_empty(idx)
+    idx = start_from_eot_if_empty(idx)
     steps = list(generate_steps(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                 min_p=min_p, stop_token=stop_token, generator=generator, use_cache=use_cache))
     return torch.cat([idx, *steps], dim=1)
@@ -220,38 +219,39 @@ def stream_text(
         yield tail
 
 
-def _start_from_eot_if_empty(idx: torch.Tensor) -> torch.Tensor:
-    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(1) == 0:
-        return torch.full((idx.size(0), 1), EOT_ID, dtype=torch.long, device=idx.device)
-    return idx
+def start_from_eot_if_empty(idx: torch.Tensor, eot: int | None = EOT_ID) -> torch.Tensor:
+    """Return ``idx`` (B, T), or one ``eot`` token per row when it holds no tokens (T = 0).
+
+    An empty prompt leaves the model nothing to condition on; GPT-2 saw ``<|endoftext|>`` before every document,
+    so starting from it asks for the beginning of a new one. ``eot=None`` (a vocabulary without such a token)
+    makes an empty prompt an error.
+    """
+    if not (isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(1) == 0):
+        return idx
+    if eot is None:
+        raise ValueError("the prompt is empty and this model's vocabulary has no <|endoftext|> to start from")
+    return torch.full((idx.size(0), 1), eot, dtype=torch.long, device=idx.device)
 
 
-def _check_temperature(temperature: float) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature < 0:
+def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                        min_p: float | None = None) -> None:
+    """Raise ``ValueError`` naming the first sampling setting out of its range (the one place they are checked).
+
+    temperature: a finite number >= 0 (0 is greedy); top_k: a whole number >= 1; top_p: in (0, 1]; min_p: in
+    [0, 1]; ``None`` turns a filter off.
+    """
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), got {top_k!r}")
+    if top_p is not None and not (_is_number(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    if min_p is not None and not (_is_number(min_p) and 0 <= min_p <= 1):
+        raise ValueError(f"min_p must be a number in [0, 1], got {min_p!r}")
 
 
-def _check_top_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), got {k!r}")
-
-
-def _check_fraction(name: str, p: float, low_open: bool) -> None:
-    interval = "(0, 1]" if low_open else "[0, 1]"
-    ok = isinstance(p, (int, float)) and not isinstance(p, bool) and (0 < p <= 1 if low_open else 0 <= p <= 1)
-    if not ok:
-        raise ValueError(f"{name} must be a number in {interval}, got {p!r}")
-
-
-def _check_sampling_args(temperature, top_k, top_p, min_p) -> None:
-    _check_temperature(temperature)
-    if top_k is not None:
-        _check_top_k(top_k)
-    if top_p is not None:
-        _check_fraction("top_p", top_p, low_open=True)
-    if min_p is not None:
-        _check_fraction("min_p", min_p, low_open=False)
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p) -> torch.Tensor:
@@ -260,5 +260,5 @@ def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p) 
         raise ValueError(f"idx must be a 2-D integer tensor of token ids (batch, time), got {shape}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
-    _check_sampling_args(temperature, top_k, top_p, min_p)
-    return _start_from_eot_if_empty(idx.long())
+    check_sampling_args(temperature, top_k, top_p, min_p)
+    return start_from_eot_if_empty(idx.long())

@@ -24,7 +24,8 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
 EOT = "<|endoftext|>"
-EOT_ID = 50256  # the last id: 256 byte tokens + 50,000 merges come first
+N_VOCAB = 50257  # 256 byte tokens + 50,000 merges + <|endoftext|>
+EOT_ID = N_VOCAB - 1  # <|endoftext|> is the last id
 
 # Where tiktoken downloads the files from, and their sha256 (the same values tiktoken checks). tiktoken caches a
 # download under the sha1 of its URL, which is how install_tiktoken_cache() knows what to name the copies.
@@ -62,7 +63,7 @@ def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
     )
     return tiktoken.Encoding(
         name="gpt2",
-        explicit_n_vocab=50257,
+        explicit_n_vocab=N_VOCAB,
         pat_str=r50k_pat_str,
         mergeable_ranks=ranks,
         special_tokens={EOT: EOT_ID},

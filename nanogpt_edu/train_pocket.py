@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .model import GPT, GPTConfig
 from .porting import save_hf_folder
-from .tokenizer import get_encoding
+from .tokenizer import N_VOCAB, get_encoding
 
 
 @dataclass
@@ -113,7 +113,7 @@ def train(cfg: TrainConfig, quiet: bool = False) -> dict:
     batches = torch.Generator().manual_seed(cfg.seed)
     text = Path(cfg.data).read_text(encoding="utf-8")
     train_tokens, val_tokens = split_tokens(text, cfg.train_fraction)
-    model_config = GPTConfig(block_size=cfg.block_size, vocab_size=50257, n_layer=cfg.n_layer,
+    model_config = GPTConfig(block_size=cfg.block_size, vocab_size=N_VOCAB, n_layer=cfg.n_layer,
                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=True, gelu="tanh")
     model = GPT(model_config)
     optimizer = make_optimizer(model, cfg)

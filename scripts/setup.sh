@@ -23,7 +23,7 @@ echo "installing nanogpt-edu and its dependencies into $VENV"
 # A named Jupyter kernel inside .venv: the notebooks ask for "nanogpt-edu", so JupyterLab started from .venv runs
 # them with this environment's Python, never with some other Python that lacks the package.
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name nanogpt-edu --display-name "Python (nanogpt-edu)" >/dev/null
-# The decode kernel (nanogpt_edu/kernel.py): compiled now, once, so the first generation does not wait for it.
-# Without a C compiler this prints why and the package uses PyTorch's own matrix products.
-"$VENV/bin/python" -m nanogpt_edu.build_kernel
+# The decode kernel (nanogpt_edu/fast/kernel.c): compiled now, once, so the first generation does not wait for it.
+# Without a C compiler this prints why and generation uses PyTorch's own operations.
+"$VENV/bin/python" -m nanogpt_edu.fast.build_kernel
 "$VENV/bin/python" -c "import torch, nanogpt_edu; print(f'ready: torch {torch.__version__}, nanogpt_edu {nanogpt_edu.__version__}')"

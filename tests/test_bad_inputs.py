@@ -68,7 +68,7 @@ CLI_CASES = [
     ("no value", lambda t: ["--temperature"], "settings are written --key=value"),
     ("single dash", lambda t: ["-temperature=1"], "settings are written --key=value"),
     ("negative temperature", lambda t: ["--temperature=-1"], "temperature must be a finite number >= 0"),
-    ("top_p out of range", lambda t: ["--top_p=0"], r"top_p must be in \(0, 1\]"),
+    ("top_p out of range", lambda t: ["--top_p=0"], r"top_p must be a number in \(0, 1\]"),
     ("zero samples", lambda t: ["--num_samples=0"], "num_samples must be at least 1"),
     ("bad dtype", lambda t: ["--dtype=float8"], "dtype must be one of float32, bfloat16, float16"),
     ("missing config file", lambda t: [str(t / "nope.py")], "config file not found"),
@@ -110,4 +110,4 @@ def test_real_process_exits_2_without_traceback():
     result = subprocess.run([sys.executable, "-m", "nanogpt_edu.sample", "--top_k=-3"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: top_k must be at least 1 (or None for no limit), got -3"]
+    assert result.stderr.strip().splitlines() == ["error: top_k must be a whole number of at least 1 (or None for no limit), got -3"]

@@ -1,10 +1,13 @@
 import json
 import re
+import sys
 from pathlib import Path
 
-from nanogpt_edu.html_edition import build, notebooks
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))  # the HTML edition is a repository tool, not part of the package
+from html_edition import build, notebooks  # noqa: E402
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = ROOT / "notebooks"
 
 
 def figure_count(path: Path) -> int:

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import nanogpt_edu.kernel as mv
-from nanogpt_edu.model import GPT, GPTConfig, TorchDecodeOps
+import nanogpt_edu.fast.kernel as mv
+from nanogpt_edu.fast import TorchDecodeOps
+from nanogpt_edu.model import GPT, GPTConfig
 from nanogpt_edu.sampling import generate
 
 needs_compiler = pytest.mark.skipif(mv._compiler() is None, reason="no C compiler on this machine")
@@ -200,7 +201,7 @@ def test_command_line_build_reports_in_one_line(fresh, monkeypatch):
     import sys
 
     monkeypatch.setenv("CC", "no-such-compiler-here")
-    result = subprocess.run([sys.executable, "-m", "nanogpt_edu.build_kernel"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "nanogpt_edu.fast.build_kernel"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.count("\n") == 1 and result.stdout.startswith("decode kernel: not built")
 
@@ -218,3 +219,66 @@ def test_a_failed_build_is_not_retried_by_every_process(fresh, monkeypatch):
     monkeypatch.setattr(mv, "_cache_path", cache_path)
     monkeypatch.setattr(mv, "_try_compile", lambda path: "still failing")
     assert mv.build_kernel() == "decode kernel: not built (still failing); PyTorch's own operations will be used"
+
+
+def unsafe_linear_calls():
+    """Calls of kernel.linear whose tensors the C code cannot read or write safely, by name."""
+    x, w, b = torch.randn(2, 8), torch.randn(4, 8), torch.randn(4)
+    return {
+        "expanded (stride 0) weight": dict(x=x, weight=torch.randn(1, 8).expand(4, 8), bias=b),
+        "float16 add_to": dict(x=x, weight=w, bias=b, add_to=torch.zeros(2, 4, dtype=torch.float16)),
+        "meta x": dict(x=x.to("meta"), weight=w, bias=b),
+        "non-contiguous x": dict(x=torch.randn(8, 2).t(), weight=w, bias=b),
+        "float64 weight": dict(x=x, weight=w.double(), bias=b),
+        "int bias": dict(x=x, weight=w, bias=torch.ones(4, dtype=torch.int32)),
+        "3-D x": dict(x=x[None], weight=w, bias=b),
+        "add_to is x": dict(x=torch.randn(2, 8), weight=torch.randn(8, 8), bias=None, add_to=None),
+        "add_to overlaps the weight": dict(x=x, weight=w, bias=b, add_to=w[:2]),
+        "unknown gelu": dict(x=x, weight=w, bias=b, gelu="relu"),
+        "not a tensor": dict(x=[[1.0] * 8] * 2, weight=w, bias=b),
+        "bad eps": dict(x=x, weight=w, bias=b, norm=(torch.ones(8), None, -1.0)),
+        "gradient needed": dict(x=x, weight=w.clone().requires_grad_(), bias=b),
+    }
+
+
+@pytest.mark.parametrize("case", list(unsafe_linear_calls()))
+def test_kernel_linear_refuses_what_it_cannot_read_safely(case, monkeypatch):
+    kwargs = unsafe_linear_calls()[case]
+    if case == "add_to is x":
+        kwargs["add_to"] = kwargs["x"]  # written while it is read
+    # the refusal comes before the C code, which therefore need not even be built
+    monkeypatch.setattr(mv, "_library", lambda: pytest.fail("the C code was reached"))
+    with pytest.raises(ValueError, match="^kernel.linear: ") as err:
+        mv.linear(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("case", ["float16 cache", "non-contiguous qkv", "caches share memory", "qkv inside the cache",
+                                  "position a float", "position a bool", "meta cache"])
+def test_kernel_attend_refuses_what_it_cannot_read_safely(case, monkeypatch):
+    k, v, qkv, position = torch.zeros(1, 2, 6, 4), torch.zeros(1, 2, 6, 4), torch.randn(1, 24), 0
+    if case == "float16 cache":
+        k = k.half()
+    elif case == "non-contiguous qkv":
+        qkv = torch.randn(1, 48)[:, ::2]
+        assert not qkv.is_contiguous()
+    elif case == "caches share memory":
+        v = k
+    elif case == "qkv inside the cache":
+        qkv = k.view(-1)[:24].view(1, 24)
+    elif case == "position a float":
+        position = 1.0
+    elif case == "position a bool":
+        position = True
+    else:
+        v = v.to("meta")
+    monkeypatch.setattr(mv, "_library", lambda: pytest.fail("the C code was reached"))
+    with pytest.raises(ValueError, match="^kernel.attend: "):
+        mv.attend(qkv, k, v, position)
+
+
+def test_kernel_without_a_build_says_so_in_one_line(monkeypatch):
+    monkeypatch.setattr(mv, "_kernel", None)
+    monkeypatch.setattr(mv, "load_kernel", lambda build=True: None)
+    with pytest.raises(RuntimeError, match="the decode kernel is not available here; `python -m nanogpt_edu.fast"):
+        mv.linear(torch.randn(1, 4), torch.randn(2, 4), None)

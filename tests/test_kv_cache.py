@@ -3,9 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from nanogpt_edu import load_model
-import nanogpt_edu.kernel as kernel_module
-import nanogpt_edu.model as model_module
-from nanogpt_edu.model import GPT, GPTConfig, KernelDecodeOps, TorchDecodeOps
+import nanogpt_edu.fast.decode as decode_module
+import nanogpt_edu.fast.kernel as kernel_module
+from nanogpt_edu.fast import KernelDecodeOps, TorchDecodeOps, can_decode_flat, decode_step, pick_ops
+from nanogpt_edu.model import GPT, GPTConfig
 from nanogpt_edu.sampling import generate
 from nanogpt_edu.tokenizer import encode
 
@@ -94,13 +95,7 @@ def test_seeded_sampling_identical_with_global_seed(pocket):
     assert torch.equal(cached, naive)
 
 
-# DecodeLinear: the decode step's matrix-vector products go through the compiled kernel (or, without it, oneDNN);
-# everything else stays F.linear.
-
-def decode_linear(bias: bool = True, in_features: int = 1024, out_features: int = 1536):
-    torch.manual_seed(3)
-    return model_module.DecodeLinear(in_features, out_features, bias=bias)
-
+# The lesson runs no compiled code: nn.Linear everywhere, and nanoGPT's loop never reaches the engine.
 
 def count_calls(monkeypatch, module, name: str) -> list:
     """Wrap module.<name> so that each call is counted; return the list of calls."""
@@ -110,86 +105,60 @@ def count_calls(monkeypatch, module, name: str) -> list:
 
 
 def without_kernel(monkeypatch):
-    monkeypatch.setattr(model_module, "load_kernel", lambda: None)
+    monkeypatch.setattr(kernel_module, "load_kernel", lambda build=True: None)
 
 
 needs_compiler = pytest.mark.skipif(kernel_module._compiler() is None, reason="no C compiler on this machine")
 
 
-@needs_compiler
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("batch", [1, 3])
-def test_decode_linear_uses_the_kernel_for_one_row_and_gives_the_same_product(monkeypatch, bias, batch):
-    layer = decode_linear(bias)
-    calls = count_calls(monkeypatch, kernel_module, "linear")
-    x = torch.randn(batch, 1, 1024)
-    with torch.no_grad():
-        y = layer(x)
-    assert calls == [1]
-    assert y.shape == (batch, 1, 1536)
-    assert torch.allclose(y, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+@torch.no_grad()
+def test_the_lesson_model_never_calls_the_kernel(monkeypatch):
+    monkeypatch.setattr(kernel_module, "linear", lambda *args: pytest.fail("kernel used by the lesson"))
+    monkeypatch.setattr(kernel_module, "attend", lambda *args: pytest.fail("kernel used by the lesson"))
+    model = tiny_model()
+    assert {type(m) for m in model.modules() if isinstance(m, torch.nn.Linear)} == {torch.nn.Linear}
+    h = torch.randn(2, 1, 32)
+    assert torch.equal(model.lm_head(h), F.linear(h, model.lm_head.weight))  # one row: plain nn.Linear
+    idx = torch.randint(0, 101, (1, 40), generator=torch.Generator().manual_seed(5))
+    generate(model, idx[:, :4], 40, temperature=0, use_cache=False)  # nanoGPT's loop, across the crop
+    torch.manual_seed(0)
+    model.generate(idx[:, :4], 40)  # the seed's own line
+    cache = model.new_cache(1)
+    model(idx[:, :4], cache=cache)
+    model(idx[:, 4:5], cache=cache)  # forward with a cache: the modules, in PyTorch
 
 
-@pytest.mark.skipif(model_module._ONEDNN_LINEAR is None, reason="this PyTorch build has no oneDNN")
-@pytest.mark.parametrize("bias", [True, False])
-def test_decode_linear_without_the_kernel_uses_onednn(monkeypatch, bias):
-    without_kernel(monkeypatch)
-    layer = decode_linear(bias)
-    calls = count_calls(monkeypatch, model_module, "_ONEDNN_LINEAR")
-    x = torch.randn(2, 1, 1024)
-    with torch.no_grad():
-        y = layer(x)
-    assert calls == [1]
-    assert torch.allclose(y, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+def test_the_seeds_generate_line_draws_what_the_library_draws(pocket):
+    # sample.py's line, y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k), under
+    # torch's global seed, against both of the library's paths, across the pocket model's block_size crop
+    x = torch.tensor([encode("Hello, my name is")])
+    max_new_tokens, temperature, top_k = 200, 0.8, 200
+    runs = []
+    for use_cache in (None, False, True):
+        torch.manual_seed(1337)
+        if use_cache is None:
+            runs.append(pocket.generate(x, max_new_tokens, temperature=temperature, top_k=top_k))
+        else:
+            runs.append(generate(pocket, x, max_new_tokens, temperature=temperature, top_k=top_k,
+                                 use_cache=use_cache))
+    assert runs[0].shape == (1, 205)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
 
 
-@pytest.mark.parametrize("kernel", [True, False], ids=["kernel built", "no kernel"])
-def test_decode_linear_reads_transposed_weights_and_odd_inputs(monkeypatch, kernel):
-    if not kernel:
-        without_kernel(monkeypatch)
-    layer = decode_linear()
-    with torch.no_grad():
-        layer.weight = torch.nn.Parameter(torch.randn(1024, 1536).t())  # the (in, out) storage of a Conv1D
-        assert not layer.weight.is_contiguous()
-        strided = torch.randn(1, 1024, 2)[..., 0].unsqueeze(1)
-        broadcast = torch.randn(1, 1, 1024).expand(3, 1, 1024)  # three rows sharing one storage
-        for x in (strided, broadcast, torch.randn(0, 1, 1024)):  # the last: an empty batch
-            assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
-            assert layer(x).shape == (x.size(0), 1, 1536)
+def test_the_seeds_loop_with_top_k_1_is_greedy(pocket):
+    x = torch.tensor([encode("ROMEO:"), encode("JULIET:")[:3]])
+    new = pocket.config.block_size + 5
+    torch.manual_seed(0)
+    assert torch.equal(pocket.generate(x, new, top_k=1), generate(pocket, x, new, temperature=0))
 
 
-@pytest.mark.parametrize("case", ["grad", "several rows", "small weight without kernel", "float64", "no onednn"])
-def test_decode_linear_falls_back_to_f_linear(monkeypatch, case):
-    layer = decode_linear(in_features=64) if case.startswith("small") else decode_linear()
-    x = torch.randn(2, 5 if case == "several rows" else 1, layer.in_features)
-    if case == "float64":
-        layer, x = layer.double(), x.double()
-    if case in ("small weight without kernel", "no onednn"):
-        without_kernel(monkeypatch)
-    # stand-ins that fail if called: these cases must reach neither fast route, even where the machine has them
-    monkeypatch.setattr(kernel_module, "linear", lambda *args: pytest.fail("kernel used"))
-    onednn = None if case == "no onednn" else (lambda *args: pytest.fail("oneDNN used"))
-    monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", onednn)
-    with torch.set_grad_enabled(case == "grad"):
-        y = layer(x)
-    assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
-    if case == "grad":
-        y.sum().backward()  # training still gets gradients
-        assert layer.weight.grad is not None
+@pytest.mark.parametrize("bad", [dict(temperature=0), dict(temperature=-1.0), dict(top_k=0)])
+def test_the_seeds_loop_refuses_settings_it_cannot_use(bad):
+    with pytest.raises(ValueError, match="generate needs temperature > 0 and top_k >= 1 or None"):
+        tiny_model().generate(torch.zeros(1, 1, dtype=torch.long), 3, **bad)
 
 
-def test_decode_linear_leaves_kernel_choice_to_torch_compile(monkeypatch):
-    # neither fast route can be traced (the kernel reads raw data pointers); traced oneDNN broke compile=True
-    layer = decode_linear()
-    monkeypatch.setattr(kernel_module, "linear", lambda *args: pytest.fail("kernel used while compiling"))
-    monkeypatch.setattr(model_module, "_ONEDNN_LINEAR", lambda *args: pytest.fail("oneDNN used while compiling"))
-    x = torch.randn(1, 1, layer.in_features)
-    with torch.no_grad():
-        y = torch.compile(layer, backend="eager")(x)  # dynamo traces it; the "eager" backend skips code generation
-    assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
-
-
-# GPT.decode_step: the one-token step written flat, which generate uses; it must compute what the modules compute.
+# fast.decode_step: the one-token step written flat, which generate uses; it must compute what the modules compute.
 
 @torch.no_grad()
 @pytest.mark.parametrize("bias", [True, False])
@@ -205,10 +174,11 @@ def test_decode_step_gives_the_modules_logits(monkeypatch, kernel, gelu, bias):
     model(idx[:, :5], cache=flat)
     model(idx[:, :5], cache=modules)
     uses_kernel = kernel and kernel_module._compiler() is not None
-    assert model.decode_ops(flat) is (KernelDecodeOps if uses_kernel else TorchDecodeOps)
+    ops = pick_ops(flat)
+    assert ops is (KernelDecodeOps if uses_kernel else TorchDecodeOps)
     for t in range(5, 12):
         expected, _ = model(idx[:, t : t + 1], cache=modules)
-        logits = model.decode_step(idx[:, t : t + 1], flat)
+        logits = decode_step(model, idx[:, t : t + 1], flat, ops)
         if uses_kernel:  # the kernel's sums run in another order: the same up to float rounding
             assert torch.allclose(logits, expected, atol=1e-5, rtol=1e-5), t
         else:  # PyTorch's operations are the modules' very operations: the same numbers
@@ -219,15 +189,15 @@ def test_decode_step_gives_the_modules_logits(monkeypatch, kernel, gelu, bias):
 
 @torch.no_grad()
 def test_kernel_ops_leave_what_the_kernel_cannot_read_to_pytorch(monkeypatch):
-    monkeypatch.setattr(kernel_module, "linear", lambda *args: pytest.fail("kernel used"))
-    monkeypatch.setattr(kernel_module, "attend", lambda *args: pytest.fail("kernel used"))
+    # the kernel's functions refuse float64 before reaching the C code, and KernelDecodeOps hands the work over
+    monkeypatch.setattr(kernel_module, "_library", lambda: pytest.fail("the C code was reached"))
     model = tiny_model().double()  # float64 weights: the kernel reads float32 only
     block = model.transformer.h[0]
     x = torch.randn(2, 32, dtype=torch.float64)
     expected = TorchDecodeOps.linear(x, block.mlp.c_fc, norm=block.ln_2, gelu="tanh")
     assert torch.equal(KernelDecodeOps.linear(x, block.mlp.c_fc, norm=block.ln_2, gelu="tanh"), expected)
     cache = model.new_cache(2)
-    assert model.decode_ops(cache) is TorchDecodeOps  # a float64 cache: PyTorch's operations for the whole step
+    assert pick_ops(cache) is TorchDecodeOps  # a float64 cache: PyTorch's operations for the whole step
     qkv = torch.randn(2, 96, dtype=torch.float64)
     assert torch.equal(KernelDecodeOps.attend(qkv, cache.k[0], cache.v[0], 0),
                        TorchDecodeOps.attend(qkv, cache.k[0].clone(), cache.v[0].clone(), 0))
@@ -241,33 +211,33 @@ def test_decode_step_leaves_other_shapes_and_overflow_to_forward():
     chunk = torch.tensor([[5, 6, 7]])  # three tokens: not a one-token step
     reference = model.new_cache(1)
     model(torch.zeros(1, 4, dtype=torch.long), cache=reference)
-    assert torch.equal(model.decode_step(chunk, cache), model(chunk, cache=reference)[0])
+    assert torch.equal(decode_step(model, chunk, cache), model(chunk, cache=reference)[0])
     model(torch.zeros(1, 32 - 7, dtype=torch.long), cache=cache)  # now full
     with pytest.raises(ValueError, match="33 tokens: block_size is 32"):
-        model.decode_step(torch.zeros(1, 1, dtype=torch.long), cache)
+        decode_step(model, torch.zeros(1, 1, dtype=torch.long), cache)
 
 
 def test_generate_runs_forward_hooks_and_dropout_through_the_modules(monkeypatch):
     model = tiny_model()
-    assert model.uses_flat_decode()
+    assert can_decode_flat(model)
     calls = []
-    monkeypatch.setattr(type(model), "decode_step", lambda *a: pytest.fail("decode_step used"))
+    monkeypatch.setattr(decode_module, "decode_step", lambda *a, **k: pytest.fail("decode_step used"))
     handle = model.transformer.h[1].mlp.register_forward_hook(lambda *args: calls.append(1))
-    assert not model.uses_flat_decode()
+    assert not can_decode_flat(model)
     generate(model, torch.zeros(1, 3, dtype=torch.long), 6, temperature=0)
     assert len(calls) == 6  # the prefill and every one of the five one-token steps ran the hooked module
     handle.remove()
     dropout_model = GPT(GPTConfig(block_size=32, vocab_size=101, n_layer=1, n_head=2, n_embd=8, dropout=0.1))
-    assert dropout_model.training and not dropout_model.uses_flat_decode()
+    assert dropout_model.training and not can_decode_flat(dropout_model)
     generate(dropout_model, torch.zeros(1, 3, dtype=torch.long), 3)
 
 
 def test_generate_uses_decode_step_for_one_token_steps(monkeypatch):
     model = tiny_model()
     steps = []
-    original = GPT.decode_step
-    monkeypatch.setattr(GPT, "decode_step",
-                        lambda self, idx, cache: steps.append(idx.shape) or original(self, idx, cache))
+    original = decode_module.decode_step
+    monkeypatch.setattr(decode_module, "decode_step",
+                        lambda model, idx, **kw: steps.append(idx.shape) or original(model, idx, **kw))
     generate(model, torch.zeros(2, 3, dtype=torch.long), 6, temperature=0)
     assert steps == [(2, 1)] * 5  # the prompt went through forward; every later step is flat
     generate(model, torch.zeros(2, 3, dtype=torch.long), 6, temperature=0, use_cache=False)
@@ -280,10 +250,10 @@ def test_cache_capacity_is_what_generate_needs():
     cache = model.new_cache(2, capacity=10)
     assert tuple(cache.k.shape) == (3, 2, 4, 10, 8) and cache.capacity == 10
     model(torch.zeros(2, 9, dtype=torch.long), cache=cache)
-    model.decode_step(torch.zeros(2, 1, dtype=torch.long), cache)  # the tenth position fits
+    decode_step(model, torch.zeros(2, 1, dtype=torch.long), cache)  # the tenth position fits
     with pytest.raises(ValueError, match=r"the cache holds 10 positions, 11 asked: make it with new_cache\("
                                          r"batch_size, capacity=11\) or more"):
-        model.decode_step(torch.zeros(2, 1, dtype=torch.long), cache)
+        decode_step(model, torch.zeros(2, 1, dtype=torch.long), cache)
     for bad in (0, 33):
         with pytest.raises(ValueError, match=f"capacity must be between 1 and block_size \\(32\\), got {bad}"):
             model.new_cache(1, capacity=bad)
@@ -312,6 +282,6 @@ def test_kernel_and_pytorch_operations_give_the_same_pocket_tokens(pocket, monke
     calls = count_calls(monkeypatch, kernel_module, "attend")
     with_kernel = run()
     assert len(calls) == (new - 1) * pocket.config.n_layer  # every one-token step's attention ran in the kernel
-    monkeypatch.setattr(GPT, "decode_ops", lambda self, cache: TorchDecodeOps)
+    monkeypatch.setattr(decode_module, "pick_ops", lambda cache: TorchDecodeOps)
     assert torch.equal(run(), with_kernel)
     assert len(calls) == (new - 1) * pocket.config.n_layer  # and now none did

@@ -74,7 +74,7 @@ def test_cli_samples_from_a_nanogpt_run(tmp_path, capsys):
 
 
 def test_cli_compile_gives_the_same_samples_and_a_cpu_note(tmp_path, capsys):
-    # nanoGPT's compile flag: torch.compile must trace the model (cache, DecodeLinear) and change no token
+    # nanoGPT's compile flag: torch.compile must trace the model (with its KV cache) and change no token
     write_nanogpt_run(tmp_path / "out")
     args = ["--init_from=resume", f"--out_dir={tmp_path / 'out'}", "--start=to be", "--max_new_tokens=12",
             "--device=cpu", "--num_samples=1"]

@@ -52,7 +52,7 @@ def test_parity_with_hugging_face_tiny(tmp_path):
 @pytest.mark.slow
 def test_parity_with_hugging_face_gpt2_124m_dims(tmp_path):
     hf, folder = random_hf_folder(tmp_path, seed=1, n_layer=12, n_head=12, n_embd=768, n_positions=1024)
-    ours = GPT.from_pretrained(folder)
+    ours = from_pretrained(folder)
     assert ours.get_num_params(non_embedding=False) == 124_439_808
     assert_parity(hf, ours, block_size=1024)
 
@@ -196,34 +196,6 @@ def test_gpt2_from_the_hugging_face_cache(tmp_path):
     assert result.stdout.split() == ["2", "64"]
 
 
-def test_lazy_safetensors_reader_matches_the_library(tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    from nanogpt_edu.porting import SafetensorsFile
-
-    tensors = {"f32": torch.randn(3, 4), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2).bfloat16(),
-               "i64": torch.arange(6).reshape(2, 3), "empty": torch.zeros(0, 3)}
-    save_file(tensors, tmp_path / "t.safetensors", metadata={"format": "pt"})
-    lazy = SafetensorsFile(tmp_path / "t.safetensors")
-    reference = load_file(tmp_path / "t.safetensors")
-    assert set(lazy) == set(reference) and len(lazy) == 5
-    for key in reference:
-        assert lazy[key].dtype == reference[key].dtype and torch.equal(lazy[key], reference[key])
-    as_fp32 = SafetensorsFile(tmp_path / "t.safetensors", dtype=torch.float32)
-    assert as_fp32["f16"].dtype == torch.float32 and as_fp32["i64"].dtype == torch.int64
-
-
-def test_truncated_or_foreign_weights_file_is_a_clear_error(tmp_path):
-    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
-    weights = folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(PortingError, match="is truncated"):
-        from_pretrained(folder)
-    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
-    with pytest.raises(PortingError, match="not a safetensors file"):
-        from_pretrained(folder)
-
-
 def test_ported_conv1d_weights_are_stored_in_linear_order(tmp_path):
     # porting copies each Conv1D weight into nn.Linear's (out, in) row order, which the decode kernel reads
     hf, _ = random_hf_folder(tmp_path, **TINY_HF)
@@ -235,35 +207,139 @@ def test_ported_conv1d_weights_are_stored_in_linear_order(tmp_path):
     assert ported[key].data_ptr() != sd[key].data_ptr()  # a copy: the Hugging Face tensor is left as it was
 
 
-@pytest.mark.parametrize("dtype", [None, torch.float32], ids=["as stored", "float16 read as float32"])
-def test_read_transposed_reads_a_few_rows_at_a_time(tmp_path, monkeypatch, dtype):
-    from safetensors.torch import save_file
-
-    import nanogpt_edu.porting as porting
-
-    matrix = torch.randn(7, 5).half()  # 7 rows of 10 bytes
-    save_file({"w": matrix, "v": torch.ones(4).half()}, tmp_path / "t.safetensors")
-    monkeypatch.setattr(porting, "READ_CHUNK_BYTES", 30)  # three rows per read: 3 + 3 + 1
-    lazy = porting.SafetensorsFile(tmp_path / "t.safetensors", dtype=dtype)
-    out = lazy.read_transposed("w")
-    assert out.is_contiguous() and out.shape == (5, 7)
-    assert out.dtype == (dtype or torch.float16)
-    assert torch.equal(out, matrix.t().to(out.dtype))
-    buffer = lazy._buffer.data_ptr()
-    lazy.read_transposed("w")
-    assert lazy._buffer.data_ptr() == buffer and lazy._buffer.numel() == 30  # one small buffer, reused
-    assert lazy.shape("w") == (7, 5)
-    with pytest.raises(PortingError, match="tensor 'v' is not a 2-D matrix"):
-        lazy.read_transposed("v")
-
-
-def test_porting_from_a_file_equals_porting_from_a_state_dict(tmp_path):
-    from nanogpt_edu.porting import SafetensorsFile
-
+def test_loading_a_folder_equals_porting_its_state_dict(tmp_path):
     hf, folder = random_hf_folder(tmp_path, **TINY_HF)
     config = GPTConfig(block_size=32, n_layer=2, n_head=4, n_embd=64)
-    from_file = port_hf_state_dict(SafetensorsFile(folder / "model.safetensors"), config)
+    from_file = load_hf_folder(folder).state_dict()
     from_dict = port_hf_state_dict(dict(hf.state_dict()), config)
     assert from_file.keys() == from_dict.keys()
     for key in from_dict:
         assert from_file[key].is_contiguous() and torch.equal(from_file[key], from_dict[key]), key
+
+
+def test_a_float16_folder_loads_as_float32_or_as_stored(tmp_path):
+    torch.manual_seed(4)
+    ours = GPT(GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    folder = save_hf_folder(ours, tmp_path / "half", dtype=torch.float16)
+    as_fp32, as_fp16 = load_hf_folder(folder), load_hf_folder(folder, dtype=torch.float16)
+    for key, tensor in ours.state_dict().items():
+        assert as_fp32.state_dict()[key].dtype == torch.float32
+        assert torch.equal(as_fp32.state_dict()[key], tensor.half().float()), key
+        assert torch.equal(as_fp16.state_dict()[key], tensor.half()), key
+    assert as_fp32.lm_head.weight is as_fp32.transformer.wte.weight
+
+
+def test_loading_copies_the_biggest_tensors_first_one_at_a_time(tmp_path, monkeypatch):
+    # the order that keeps peak memory near the weights' size: a big tensor is read while little is filled yet
+    from safetensors import safe_open
+
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    read = []
+    original = safe_open.get_tensor
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.file = safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def keys(self):
+            return self.file.keys()
+
+        def get_slice(self, key):
+            return self.file.get_slice(key)
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.file.get_tensor(key)
+
+    import nanogpt_edu.porting as porting
+
+    monkeypatch.setattr(porting, "safe_open", Recording)
+    load_hf_folder(folder)
+    sizes = [hf.state_dict()[key].numel() for key in read]
+    assert read[0] == "transformer.wte.weight" and sizes == sorted(sizes, reverse=True)
+    assert len(read) == len(set(read))  # each tensor read once
+    assert original is safe_open.get_tensor
+
+
+def write_safetensors_bytes(path, header, data=b""):
+    """Write a safetensors file by hand: 8-byte header length, the header, then the data bytes."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+MALFORMED_SAFETENSORS = {
+    "empty file": lambda p: p.write_bytes(b""),
+    "header length only": lambda p: p.write_bytes((100).to_bytes(8, "little")),
+    "header longer than the file": lambda p: p.write_bytes((10**6).to_bytes(8, "little") + b"{}"),
+    "header length near 2**64": lambda p: p.write_bytes((2**64 - 9).to_bytes(8, "little") + b"{}"),
+    "header not JSON": lambda p: write_safetensors_bytes(p, b"not json at all!"),
+    "header a JSON list": lambda p: write_safetensors_bytes(p, [1, 2, 3]),
+    "entry without dtype": lambda p: write_safetensors_bytes(
+        p, {"transformer.wte.weight": {"shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
+    "unknown dtype": lambda p: write_safetensors_bytes(
+        p, {"transformer.wte.weight": {"dtype": "X99", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
+    "reversed offsets": lambda p: write_safetensors_bytes(
+        p, {"transformer.wte.weight": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8),
+    "negative offset": lambda p: write_safetensors_bytes(
+        p, {"transformer.wte.weight": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, b"\0" * 8),
+    "offsets past the data": lambda p: write_safetensors_bytes(
+        p, {"transformer.wte.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4),
+    "overlapping tensors": lambda p: write_safetensors_bytes(
+        p, {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12),
+    "shape bigger than its bytes": lambda p: write_safetensors_bytes(
+        p, {"transformer.wte.weight": {"dtype": "F32", "shape": [1 << 40, 1 << 20], "data_offsets": [0, 8]}},
+        b"\0" * 8),
+    "a terabyte claimed": lambda p: write_safetensors_bytes(
+        p, {"transformer.wte.weight": {"dtype": "F32", "shape": [1 << 38], "data_offsets": [0, 1 << 40]}}),
+    "shape of the wrong type": lambda p: write_safetensors_bytes(
+        p, {"transformer.wte.weight": {"dtype": "F32", "shape": "two", "data_offsets": [0, 8]}}, b"\0" * 8),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_SAFETENSORS)
+def test_malformed_safetensors_files_are_one_line_errors(tmp_path, case):
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    MALFORMED_SAFETENSORS[case](folder / "model.safetensors")
+    with pytest.raises(PortingError) as err:
+        from_pretrained(folder)
+    message = str(err.value)
+    assert "model.safetensors" in message and "\n" not in message
+
+
+def test_truncated_weights_file_is_a_clear_error(tmp_path):
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(PortingError, match="model.safetensors is not a readable safetensors file"):
+        from_pretrained(folder)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_weights_holding_nan_or_infinity_are_refused_by_name(tmp_path, bad):
+    from safetensors.torch import load_file, save_file
+
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["transformer.h.1.mlp.c_fc.bias"][7] = bad
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(PortingError, match=r"tensor 'transformer\.h\.1\.mlp\.c_fc\.bias' holds NaN or infinite"):
+        from_pretrained(folder)
+
+
+def test_huge_but_finite_weights_are_not_mistaken_for_infinity(tmp_path):
+    # their sum overflows float32, which is how the fast check first sees them; every element is still finite
+    from safetensors.torch import load_file, save_file
+
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["transformer.h.0.ln_1.bias"][:2] = 3e38
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    assert from_pretrained(folder).transformer.h[0].ln_1.bias[1].item() == pytest.approx(3e38)

@@ -1,6 +1,6 @@
-"""Build the decode kernel of ``nanogpt_edu.kernel`` now and say in one line what happened.
+"""Build the decode kernel of ``nanogpt_edu.fast.kernel`` now and say in one line what happened.
 
-    python -m nanogpt_edu.build_kernel
+    python -m nanogpt_edu.fast.build_kernel
 
 ``make setup`` runs this, so the first generation never waits for the compiler. Safe to run again: a kernel
 already built for this machine is kept.

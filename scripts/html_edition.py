@@ -1,6 +1,8 @@
 """Build the static HTML edition of the notebook series: an index page and one page per notebook.
 
-    python -m nanogpt_edu.html_edition [--out build/html]
+    python scripts/html_edition.py [--out build/html]    (or: make html)
+
+A tool of the repository, not of the package: it reads the notebooks of this checkout.
 
 Each page shows the notebook with its stored outputs and figures (embedded, so the folder works offline and can be
 copied anywhere); links between notebooks point at the HTML pages. Nothing is executed and nothing is downloaded.
@@ -16,7 +18,7 @@ from pathlib import Path
 import nbformat
 from nbconvert import HTMLExporter
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 NOTEBOOK_LINK = re.compile(r'href="(\d\d_[\w]+)\.ipynb"')
 # nbconvert's template loads require.js, MathJax and mermaid from a CDN; the series needs none of them, and an
 # offline edition should not try to reach the network, so those script blocks are dropped
@@ -77,7 +79,7 @@ JupyterLab (see the project's README).</p></body></html>
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nanogpt_edu.html_edition", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python scripts/html_edition.py", description=__doc__.splitlines()[0])
     parser.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "html")
     args = parser.parse_args(argv)

@@ -1,0 +1,277 @@
+"""The compiled kernel behind fast decoding on a CPU: the one-token step's products, layer norms and attention in C.
+
+Generating a token multiplies one row (per sequence) by every weight matrix of the model, and each weight is used
+for a single multiply-add, so a decode step lasts as long as reading the weights from memory takes. PyTorch's
+general-purpose routes read them more slowly than the memory allows on a small CPU, and around the products each
+small PyTorch operation (a layer norm, a GELU, writing a key into the cache) pays a fixed cost that adds up over
+a step's many calls. ``bench/matvec.py`` and ``bench/decode_parts.py`` measure both; the README has the numbers.
+
+So the step's work is done by two short C functions in ``kernel.c``, a few calls per layer: ``linear`` (one dot
+product per output, the outputs shared between the cores; the layer norm before it, and GELU or the residual
+addition as each output is stored) and ``attend`` (store the new key and value, attend over the cached ones).
+``nanogpt_edu.fast.decode`` calls them through ``KernelDecodeOps``, the twin of the pure-PyTorch
+``TorchDecodeOps``. This module compiles ``kernel.c`` once with the machine's C compiler, keeps the library in a
+cache folder, and calls it through ``ctypes``.
+
+``linear`` and ``attend`` check every tensor before handing its address to C (contiguous float32 on the CPU, the
+sizes that fit, no output overlapping an input) and raise ``ValueError`` otherwise. Without a C compiler with
+OpenMP (common on Windows and macOS) ``load_kernel`` returns ``None`` and generation uses PyTorch's operations:
+the same tokens, somewhat slower. ``NANOGPT_EDU_KERNEL=0`` in the environment turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+# -march=native: the library is built for, and cached per, the CPU it runs on (see _cache_path)
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# linear's `mode` for its `gelu` argument (GELU's `approximate`, as in F.gelu), and for adding into `add_to`
+GELU_MODES = {None: 0, "none": 1, "tanh": 2}
+ADD = 3
+
+_kernel = None  # the loaded library, once load_kernel has succeeded
+_tried = False  # load_kernel gives up for the rest of the process after one failure
+
+
+def kernel_enabled() -> bool:
+    """Return False when ``NANOGPT_EDU_KERNEL`` is set to ``0`` (or ``off``/``false``/``no``)."""
+    return os.environ.get("NANOGPT_EDU_KERNEL", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def load_kernel(build: bool = True) -> ctypes.CDLL | None:
+    """Return the compiled library, building it first if needed and ``build`` is True; else ``None``.
+
+    ``None`` means no kernel in this process: it is turned off, there is no C compiler, or the build failed.
+    A failed build is remembered in the cache folder, so later processes do not try again (``build_kernel``
+    does, when asked).
+    """
+    global _kernel, _tried
+    if _kernel is not None or _tried or not kernel_enabled():
+        return _kernel
+    path = _cache_path()
+    if not path.exists():
+        if not build:
+            return None
+        _tried = True  # from here on, one attempt per process
+        if _failure_note(path).exists() or _compile(path) is not None:
+            return None
+    _tried = True
+    try:
+        library = ctypes.CDLL(str(path))
+        linear_function, attend_function = library.linear, library.attend
+    except (OSError, AttributeError):
+        path.unlink(missing_ok=True)  # a damaged file from an interrupted build: rebuilt next process
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    # the C signatures: ctypes converts and checks each argument against these
+    linear_function.argtypes = [pointer] * 4 + [size] * 3 + [ctypes.c_int, pointer, pointer, ctypes.c_float, pointer]
+    attend_function.argtypes = [pointer] * 4 + [size] * 5
+    linear_function.restype = attend_function.restype = None
+    _kernel = library
+    return _kernel
+
+
+def build_kernel() -> str:
+    """Build the kernel now and return a one-line report of what happened.
+
+    ``python -m nanogpt_edu.fast.build_kernel`` prints it.
+    """
+    if not kernel_enabled():
+        return "decode kernel: turned off by NANOGPT_EDU_KERNEL"
+    path = _cache_path()
+    if path.exists() and load_kernel(build=False) is not None:
+        return f"decode kernel: already built ({path})"
+    _failure_note(path).unlink(missing_ok=True)  # asked explicitly: try again
+    error = _compile(path)
+    if error is not None:
+        return f"decode kernel: not built ({error}); PyTorch's own operations will be used"
+    return f"decode kernel: built {path}"
+
+
+def can_use(*tensors: torch.Tensor | None) -> bool:
+    """Return True if the kernel can read every one of ``tensors`` (None allowed): contiguous fp32 on the CPU."""
+    # a plain loop, and is_cpu rather than device.type: this runs for every tensor of every decode step
+    for t in tensors:
+        if t is not None and not (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()):
+            return False
+    return True
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str | None = None,
+           add_to: torch.Tensor | None = None, norm: tuple[torch.Tensor, torch.Tensor | None, float] | None = None,
+           ) -> torch.Tensor:
+    """Return ``F.linear(x, weight, bias)`` for ``x`` (B, in_features), computed by the kernel.
+
+    ``norm`` (weight, bias, eps) puts ``x`` through a layer norm first; ``gelu`` ("none" or "tanh", as F.gelu's
+    ``approximate``) passes the result through GELU; ``add_to`` (B, out_features, sharing no memory with the
+    inputs) gets the result added to it in place, and is returned. The sums run in another order than PyTorch's,
+    so results agree with ``F.linear`` (and ``F.layer_norm``, ``F.gelu``) up to float rounding. No gradients.
+    Raises ``ValueError`` for anything the C code cannot read safely (see ``can_use``) or sizes that do not fit.
+    """
+    norm_weight, norm_bias, eps = norm if norm is not None else (None, None, 0.0)
+    inputs = dict(x=x, weight=weight, bias=bias, norm_weight=norm_weight, norm_bias=norm_bias)
+    _check_tensors("linear", dict(inputs, add_to=add_to), dims=dict(x=2, weight=2, add_to=2),
+                   optional=("bias", "norm_weight", "norm_bias", "add_to"))
+    B, (O, I) = x.size(0), weight.shape
+    # the C code trusts these sizes: a mismatch would read or write past a tensor's end
+    if (x.size(1) != I or (bias is not None and bias.numel() != O)
+            or (add_to is not None and add_to.shape != (B, O))
+            or (norm is not None and (norm_weight.numel() != I or (norm_bias is not None and norm_bias.numel() != I)))):
+        raise ValueError(f"kernel.linear: x {tuple(x.shape)} and weight {tuple(weight.shape)} (with its bias, norm "
+                         "or add_to) do not fit together")
+    if gelu not in GELU_MODES:
+        raise ValueError(f"kernel.linear: gelu must be None, 'none' or 'tanh', got {gelu!r}")
+    if gelu is not None and add_to is not None:
+        raise ValueError("kernel.linear: gelu and add_to cannot be combined")
+    if norm is not None and not (isinstance(eps, float) and eps > 0):
+        raise ValueError(f"kernel.linear: the layer norm's eps must be a float > 0, got {eps!r}")
+    if add_to is not None:
+        _check_no_overlap("linear", "add_to", add_to, inputs)
+    out = torch.empty(B, O, dtype=torch.float32) if add_to is None else add_to
+    normed = torch.empty_like(x) if norm is not None else None  # where the kernel puts the layer norm's output
+    _library().linear(weight.data_ptr(), x.data_ptr(), _pointer(bias), out.data_ptr(), B, O, I,
+                      GELU_MODES[gelu] if add_to is None else ADD, _pointer(norm_weight), _pointer(norm_bias),
+                      eps, _pointer(normed))
+    return out
+
+
+def attend(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: int) -> torch.Tensor:
+    """Store one new position's key and value in one layer's caches and return its attention output (B, C).
+
+    ``qkv`` (B, 3C) is the new position's queries, keys and values (c_attn's output); ``k_cache`` and ``v_cache``
+    (B, n_head, capacity, head_size) the layer's cache, whose positions before ``position`` hold the earlier
+    keys and values. The same as ``TorchDecodeOps.attend`` (scaled dot-product attention) up to float rounding.
+    Raises ``ValueError`` for anything the C code cannot read or write safely.
+    """
+    _check_tensors("attend", dict(qkv=qkv, k_cache=k_cache, v_cache=v_cache),
+                   dims=dict(qkv=2, k_cache=4, v_cache=4))
+    B, H, capacity, D = k_cache.shape
+    if (qkv.shape != (B, 3 * H * D) or v_cache.shape != k_cache.shape or isinstance(position, bool)
+            or not isinstance(position, int) or not 0 <= position < capacity):
+        raise ValueError(f"kernel.attend: qkv {tuple(qkv.shape)}, caches {tuple(k_cache.shape)} and "
+                         f"{tuple(v_cache.shape)}, position {position!r} do not fit together")
+    _check_no_overlap("attend", "k_cache", k_cache, dict(qkv=qkv, v_cache=v_cache))
+    _check_no_overlap("attend", "v_cache", v_cache, dict(qkv=qkv))
+    y = torch.empty(B, H * D, dtype=torch.float32)
+    _library().attend(qkv.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), y.data_ptr(), B, H, D, position,
+                      capacity)
+    return y
+
+
+def _check_tensors(function: str, tensors: dict, dims: dict, optional: tuple = ()) -> None:
+    # every address handed to C must be a whole, contiguous block of fp32 in this process's memory
+    grad = torch.is_grad_enabled()
+    for name, t in tensors.items():
+        if t is None:
+            if name not in optional:
+                raise ValueError(f"kernel.{function}: {name} is required")
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"kernel.{function}: {name} must be a tensor, got {type(t).__name__}")
+        if not (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()) or t.dim() != dims.get(name, 1):
+            layout = "contiguous" if t.is_contiguous() else "not contiguous"
+            raise ValueError(f"kernel.{function}: {name} must be a contiguous {dims.get(name, 1)}-D float32 tensor "
+                             f"on the CPU, got {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on "
+                             f"{t.device}, {layout}")
+        if grad and t.requires_grad:
+            raise ValueError(f"kernel.{function}: {name} requires grad, and the kernel computes no gradients; "
+                             "call it under torch.no_grad()")
+
+
+def _check_no_overlap(function: str, name: str, written: torch.Tensor, others: dict) -> None:
+    start = written.data_ptr()
+    end = start + written.numel() * 4
+    for other_name, other in others.items():
+        if other is not None and other.numel() and written.numel():
+            other_start = other.data_ptr()
+            if other_start < end and start < other_start + other.numel() * 4:
+                raise ValueError(f"kernel.{function}: {name} shares memory with {other_name}; the kernel writes "
+                                 f"{name} while it reads {other_name}")
+
+
+def _library() -> ctypes.CDLL:
+    library = _kernel if _kernel is not None else load_kernel()
+    if library is None:
+        raise RuntimeError("the decode kernel is not available here; `python -m nanogpt_edu.fast.build_kernel` "
+                           "says why")
+    return library
+
+
+def _pointer(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()  # NULL for an absent bias or norm
+
+
+def _source() -> str:
+    return (resources.files(__package__) / "kernel.c").read_text(encoding="utf-8")
+
+
+def _cache_path() -> Path:
+    # one file per (source, flags, compiler, CPU): a home folder shared by different machines gets one each,
+    # so a library built for one CPU's instructions never runs on another
+    identity = "\n".join([_source(), " ".join(CFLAGS), _compiler() or "", platform.machine(), _cpu_flags()])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanogpt-edu"
+    return root / f"kernel-{digest}{'.dll' if sys.platform == 'win32' else '.so'}"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _failure_note(path: Path) -> Path:
+    return path.with_name(path.name + ".failed")
+
+
+def _compile(path: Path) -> str | None:
+    """Compile ``kernel.c`` into ``path``; return None on success, else a short reason (also noted beside it)."""
+    error = _try_compile(path)
+    if error is not None:
+        try:
+            _failure_note(path).write_text(error + "\n")
+        except OSError:
+            pass  # a folder we cannot write to: the next process tries again
+    return error
+
+
+def _try_compile(path: Path) -> str | None:
+    compiler = _compiler()
+    if compiler is None:
+        return "no C compiler found (set CC to one)"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"cannot create {path.parent}: {error.strerror}"
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        source, library = Path(tmp) / "kernel.c", Path(tmp) / path.name
+        source.write_text(_source())
+        try:
+            result = subprocess.run([compiler, *CFLAGS, str(source), "-o", str(library), "-lm"],
+                                    capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"{Path(compiler).name} failed to run: {error}"
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            return f"{Path(compiler).name} failed: {last}"
+        os.replace(library, path)  # atomic: another process never sees half a library
+    return None
