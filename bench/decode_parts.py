@@ -1,15 +1,15 @@
-"""What each part of the fast decode path is worth: the kernel, the flat decode step, and the work around products.
+"""What each part of the fast decode path is worth: the kernel's operations, the flat step, the work around products.
 
     python bench/decode_parts.py   # prints a table
 
 Generates 200 tokens greedily from a model with GPT-2 124M's dims (random weights, fp32, CPU) with parts of the
-decode path switched off, the variants taking turns round by round:
+engine switched off, the variants taking turns round by round:
 
-- everything on (what ``generate`` does): ``GPT.decode_step`` with the kernel's operations (``KernelDecodeOps``);
-- ``decode_step`` with PyTorch's operations (``TorchDecodeOps``; the products still go to the kernel);
-- ``forward`` through the modules instead of ``decode_step`` (products still in the kernel);
-- no kernel at all (PyTorch's products, oneDNN), with the flat step and with the modules;
-- the products replaced by zeros (wrong tokens, on purpose): what is left is the time spent around them.
+- everything on (what ``generate`` does): ``fast.decode_step`` with the kernel's operations (``KernelDecodeOps``);
+- ``decode_step`` with PyTorch's operations (``TorchDecodeOps``: plain PyTorch, no compiled code at all);
+- the modules' ``forward`` instead of ``decode_step``: the lesson's model as it is, with the KV cache;
+- each of the three with the products replaced by zeros (wrong tokens, on purpose): what is left is the time a
+  step spends around its products.
 
 Parts are switched off by patching them for the duration of a run. Never run as a test.
 """
@@ -22,46 +22,44 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from generation import gpt2_dims_pair, interleaved_medians, seconds
 
-import nanogpt_edu.kernel as kernel_module
-import nanogpt_edu.model as model_module
-from nanogpt_edu.model import GPT, TorchDecodeOps
+import nanogpt_edu.fast.decode as decode_module
+import nanogpt_edu.fast.kernel as kernel_module
+from nanogpt_edu.fast import TorchDecodeOps
 from nanogpt_edu.sampling import generate
 
 
-def zeros_linear(x, weight, bias, gelu=None, add_to=None, norm=None):
-    """kernel.linear without reading the weights: zeros, or the residual unchanged."""
-    return add_to if add_to is not None else torch.zeros(x.size(0), weight.size(0))
+def zeros_linear(x, weight, bias=None, gelu=None, add_to=None, norm=None):
+    """A matrix product that does not read the weights: zeros, or the residual unchanged."""
+    return add_to if add_to is not None else x.new_zeros(*x.shape[:-1], weight.size(0))
 
 
 @contextlib.contextmanager
-def switched(kernel: bool = True, kernel_ops: bool = True, flat: bool = True, products: bool = True):
+def switched(kernel_ops: bool = True, flat: bool = True, products: bool = True):
     """Run the body with the chosen parts of the decode path switched off."""
-    saved = model_module.load_kernel, kernel_module.linear, GPT.decode_ops, GPT.uses_flat_decode
-    if not kernel:
-        model_module.load_kernel = lambda: None
+    saved = decode_module.pick_ops, decode_module.can_decode_flat, kernel_module.linear, F.linear
     if not kernel_ops:
-        GPT.decode_ops = lambda self, cache: TorchDecodeOps
+        decode_module.pick_ops = lambda cache: TorchDecodeOps
     if not flat:
-        GPT.uses_flat_decode = lambda self: False
+        decode_module.can_decode_flat = lambda model: False
     if not products:
         kernel_module.linear = zeros_linear
+        F.linear = zeros_linear  # nn.Linear and TorchDecodeOps look it up at every call
     try:
         yield
     finally:
-        model_module.load_kernel, kernel_module.linear, GPT.decode_ops, GPT.uses_flat_decode = saved
+        decode_module.pick_ops, decode_module.can_decode_flat, kernel_module.linear, F.linear = saved
 
 
 VARIANTS = {
-    "everything on": {},
+    "everything on: the kernel's operations": {},
     "flat step, PyTorch's operations": {"kernel_ops": False},
-    "modules' forward": {"flat": False},
-    "flat step, PyTorch's ops, oneDNN": {"kernel": False},
-    "modules' forward, oneDNN": {"kernel": False, "flat": False},
-    "products zeroed": {"products": False},
-    "PyTorch's operations, products zeroed": {"kernel_ops": False, "products": False},
-    "modules' forward, products zeroed": {"flat": False, "products": False},
+    "modules' forward (the lesson's model)": {"flat": False},
+    "products zeroed: the kernel's operations": {"products": False},
+    "products zeroed: PyTorch's operations": {"kernel_ops": False, "products": False},
+    "products zeroed: modules' forward": {"flat": False, "products": False},
 }
 
 
@@ -70,8 +68,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new", type=int, default=200)
     args = parser.parse_args()
-    if model_module.load_kernel() is None:
-        print("(no compiled kernel on this machine: python -m nanogpt_edu.build_kernel says why)")
+    if kernel_module.load_kernel() is None:
+        print("(no compiled kernel on this machine: python -m nanogpt_edu.fast.build_kernel says why)")
     x = torch.tensor([[15496, 11, 616, 1438, 318]])
 
     def run(parts: dict):

@@ -4,10 +4,16 @@
 
 For the pocket model and for a model with GPT-2 124M's dims (random weights, same for every method): greedy
 decoding, fp32, CPU, a 5-token prompt and 200 new tokens, one warm-up run excluded, the median of several rounds
-in which every method, and the 1 GiB memory reads that give the bandwidth bound, run once in turn. The memory is
-read two ways, by PyTorch's sum and by the decode kernel's product, and the bound uses the faster: the kernel's
-four streams per core can read faster than the sum's one.
-Never run as a test: the numbers depend on the machine and on what else it is doing.
+in which every method, and the 1 GiB memory reads that give the bandwidth bound, run once in turn.
+
+* nanoGPT's loop is the lesson's ``GPT.generate`` itself, greedy as ``top_k=1``: a full forward pass per token;
+* the KV cache is ``nanogpt_edu.sampling.generate`` (``temperature=0``): the prompt once, then the engine's
+  one-token step (``nanogpt_edu.fast``);
+* transformers is ``GPT2LMHeadModel.generate`` on the same weights.
+
+Every run checks that the three give the same tokens. The memory is read two ways, by PyTorch's sum and by the
+decode kernel's product, and the bound uses the faster: the kernel's four streams per core can read faster than
+the sum's one. Never run as a test: the numbers depend on the machine and on what else it is doing.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from nanogpt_edu import load_model
-from nanogpt_edu.kernel import linear, load_kernel
+from nanogpt_edu.fast.kernel import linear, load_kernel
 from nanogpt_edu.loading import pocket_dir
 from nanogpt_edu.plots import plot_time_per_token
 from nanogpt_edu.porting import from_pretrained
@@ -113,8 +119,11 @@ def bench_one(name: str, ours, hf, new: int, repeats: int, big: torch.Tensor) ->
         return hf.generate(x, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                            pad_token_id=50256)
 
+    def nanogpt_loop():
+        return ours.generate(x, new, top_k=1)  # nanoGPT's own loop; top_k=1 leaves one token to draw: greedy
+
     methods = {
-        "naive": seconds(lambda: generate(ours, x, new, temperature=0, use_cache=False)),
+        "naive": seconds(nanogpt_loop),
         "cached": seconds(lambda: generate(ours, x, new, temperature=0, use_cache=True)),
         "hf": seconds(hf_generate),
         "bandwidth_sum": lambda: read_bandwidth(big),
@@ -123,7 +132,8 @@ def bench_one(name: str, ours, hf, new: int, repeats: int, big: torch.Tensor) ->
         methods["bandwidth_kernel"] = lambda: kernel_read_bandwidth(big)
     with torch.no_grad():
         m = interleaved_medians(methods, repeats)
-        same = torch.equal(generate(ours, x, new, temperature=0), hf_generate())
+        cached = generate(ours, x, new, temperature=0)
+        same_as_hf, same_as_loop = torch.equal(cached, hf_generate()), torch.equal(cached, nanogpt_loop())
     # the bound is what memory delivers: the faster of the two ways of reading it
     bandwidth = max(m["bandwidth_sum"], m.get("bandwidth_kernel", 0.0))
     bound = bandwidth * 1e9 / weight_bytes_per_token(ours)
@@ -137,7 +147,8 @@ def bench_one(name: str, ours, hf, new: int, repeats: int, big: torch.Tensor) ->
         "hf_tok_s": new / m["hf"],
         "cached_over_naive": m["naive"] / m["cached"],
         "ours_over_hf": m["hf"] / m["cached"],
-        "same_tokens_as_hf": same,
+        "same_tokens_as_hf": same_as_hf,
+        "same_tokens_as_nanogpt_loop": same_as_loop,
         "weight_bytes_per_token": weight_bytes_per_token(ours),
         "bandwidth_sum_gb_s": m["bandwidth_sum"],
         "bandwidth_kernel_gb_s": m.get("bandwidth_kernel"),
@@ -172,16 +183,17 @@ def main() -> None:
         rows.append(bench_one("gpt2-124M dims", gpt2, gpt2_hf, args.new, args.repeats, big))
         x = torch.tensor([[15496, 11, 616, 1438, 318]])
         with torch.no_grad():
-            curves = {name: {"naive (nanoGPT loop)": time_per_position(m, x, args.new, False),
+            curves = {name: {"naive (nanoGPT's loop)": time_per_position(m, x, args.new, False),
                              "KV cache": time_per_position(m, x, args.new, True)}
                       for name, m in (("pocket", pocket), ("gpt2-124M dims", gpt2))}
     print(f"{'model':16} {'new':>4} {'naive':>8} {'cached':>8} {'HF':>8} {'cached/naive':>13} {'ours/HF':>8} "
-          f"{'GB/s sum':>9} {'kernel':>7} {'bound':>8} {'% bound':>8}  same tokens as HF")
+          f"{'GB/s sum':>9} {'kernel':>7} {'bound':>8} {'% bound':>8}  same tokens as HF, as the loop")
     for r in rows:
         kernel_gb_s = "-" if r["bandwidth_kernel_gb_s"] is None else f"{r['bandwidth_kernel_gb_s']:.1f}"
         print(f"{r['model']:16} {r['new_tokens']:4} {r['naive_tok_s']:8.1f} {r['cached_tok_s']:8.1f} {r['hf_tok_s']:8.1f} "
               f"{r['cached_over_naive']:12.1f}x {r['ours_over_hf']:7.2f}x {r['bandwidth_sum_gb_s']:9.1f} "
-              f"{kernel_gb_s:>7} {r['bound_tok_s']:8.1f} {r['percent_of_bound']:7.0f}%  {r['same_tokens_as_hf']}")
+              f"{kernel_gb_s:>7} {r['bound_tok_s']:8.1f} {r['percent_of_bound']:7.0f}%  {r['same_tokens_as_hf']}, "
+              f"{r['same_tokens_as_nanogpt_loop']}")
     print("(tokens/s; greedy, fp32, CPU, 5-token prompt, "
           f"{args.new} new tokens or up to block_size, median of {args.repeats} after a warm-up. GB/s: reading "
           "1 GiB by PyTorch's sum and by the decode kernel, measured in turn with the runs; bound: the faster of "

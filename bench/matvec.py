@@ -6,11 +6,10 @@ Generating one token multiplies a single row by every weight matrix, so a decode
 memory delivers the weights. This measures, side by side and taking turns, the ways this machine can do those
 products, against a plain reduction over the same matrices (the speed at which memory delivers them at all):
 
-- the compiled kernel of ``nanogpt_edu.kernel``, weights stored (out, in): what ``DecodeLinear`` uses in a decode
-  step where the machine could build it;
-- oneDNN, (out, in) and (in, out): what ``DecodeLinear`` uses without the kernel;
-- ``F.linear``, (out, in) and (in, out): what ``nn.Linear`` does (the (in, out) storage is GPT-2's Conv1D layout,
-  seen transposed);
+- the compiled kernel of ``nanogpt_edu.fast.kernel``, weights stored (out, in): what the engine's decode step
+  uses where the machine could build it;
+- ``F.linear``, (out, in) and (in, out): what ``nn.Linear`` does, and the engine's PyTorch operations (the
+  (in, out) storage is GPT-2's Conv1D layout, seen transposed);
 - NumPy's BLAS (OpenBLAS in the PyPI wheels), ``x @ W`` on the (in, out) storage, shared without a copy. Its
   threads keep spinning for a while after each call and slow down whatever PyTorch runs next (measured: the
   reduction twice as slow when taking turns with it, and a GPT-2 decode step 3x slower with it inside), so it
@@ -28,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from generation import interleaved_medians, seconds
 
-from nanogpt_edu.kernel import linear, load_kernel
-from nanogpt_edu.model import _ONEDNN_LINEAR
+from nanogpt_edu.fast.kernel import linear, load_kernel
 
 SHAPES = [(3 * 768, 768), (768, 768), (4 * 768, 768), (768, 4 * 768)] * 12  # (out, in): attn, proj, fc, proj
 
@@ -48,16 +46,12 @@ def main() -> None:
         "F.linear, (in, out)": lambda: [F.linear(row[w.size(1)], w) for w in in_out],
         "plain reduction (sum)": lambda: [w.sum(-1) for w in out_in],
     }
-    if _ONEDNN_LINEAR is not None:
-        for name, weights in (("(out, in)", out_in), ("(in, out)", in_out)):
-            methods[f"oneDNN, {name}"] = lambda weights=weights: [
-                _ONEDNN_LINEAR(row[w.size(1)], w, None, "none", [], "") for w in weights]
     if load_kernel() is not None:
         methods["kernel, (out, in)"] = lambda: [linear(row[w.size(1)], w, None) for w in out_in]
         assert all(torch.allclose(linear(row[w.size(1)], w, None), F.linear(row[w.size(1)], w), atol=1e-3)
                    for w in out_in)
     else:
-        print("(no compiled kernel on this machine: python -m nanogpt_edu.build_kernel says why)")
+        print("(no compiled kernel on this machine: python -m nanogpt_edu.fast.build_kernel says why)")
     for w in in_out:  # every way computes the same product
         x = row[w.size(1)]
         assert np.allclose(x.numpy() @ w.t().numpy(), F.linear(x, w).numpy(), atol=1e-3)
