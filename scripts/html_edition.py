@@ -20,9 +20,13 @@ from nbconvert import HTMLExporter
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 NOTEBOOK_LINK = re.compile(r'href="(\d\d_[\w]+)\.ipynb"')
-# nbconvert's template loads require.js, MathJax and mermaid from a CDN; the series needs none of them, and an
-# offline edition should not try to reach the network, so those script blocks are dropped
-CDN_SCRIPT = re.compile(r"<script\b[^>]*>(?:(?!</script>).)*?</script>|<script\b[^>]*>", re.S)
+# nbconvert's template loads require.js and MathJax from a CDN (<script src="https://...">, and the widgets'
+# manager so too when a notebook stores widget state) and imports mermaid from one in an inline module script. The
+# series needs none of them and the edition must work offline, so exactly those are dropped. Every other inline
+# script stays, whatever URLs its code mentions: the sampling explorer's output bundles BokehJS, which does.
+REMOTE_SCRIPT = re.compile(r'<script\b[^>]*\bsrc="(?:https?:)?//[^"]*"[^>]*>\s*</script>')
+REMOTE_IMPORT = re.compile(r'<script type="module">(?:(?!</script>).)*?'
+                           r'\bimport\(\s*"https?://(?:(?!</script>).)*</script>', re.S)
 
 
 def notebooks(folder: Path) -> list[Path]:
@@ -45,9 +49,12 @@ def build(notebook_dir: Path = ROOT / "notebooks", out: Path = ROOT / "build" / 
     entries, pages = [], []
     for path in notebooks(notebook_dir):
         nb = nbformat.read(path, as_version=4)
+        # stored ipywidgets state would make the page load the widgets' manager from a CDN; without it the widget
+        # outputs show their plain-text stand-in (the sampling explorer needs no widgets: it brings BokehJS along)
+        nb.metadata.pop("widgets", None)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
         body = NOTEBOOK_LINK.sub(r'href="\1.html"', body)
-        body = CDN_SCRIPT.sub(lambda m: "" if "https://" in m.group(0) else m.group(0), body)
+        body = REMOTE_IMPORT.sub("", REMOTE_SCRIPT.sub("", body))
         page = out / f"{path.stem}.html"
         page.write_text(body, encoding="utf-8")
         pages.append(page)
