@@ -5,7 +5,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # what `make sample` passes to the sample command (sample.py's flags)
 ARGS ?= --start="ROMEO:" --num_samples=3 --max_new_tokens=200
 
-.PHONY: setup sample test notebooks html bench clean
+.PHONY: setup sample test notebooks html student bench clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ notebooks: setup
 # the static HTML edition of the series (stored outputs, no network) in build/html; open build/html/index.html
 html: setup
 	$(PY) scripts/html_edition.py --out build/html
+
+# the student edition: the series without solution cells and outputs, in build/student (to hand out)
+student: setup
+	$(PY) scripts/student_edition.py --out build/student
 
 # speed and memory measurements (a few minutes; prints tables, writes bench/results/)
 bench: setup

@@ -1,22 +1,29 @@
-"""Figures for the notebooks: what the model predicts next, and what temperature and the masks do to it.
+"""Figures for the notebooks: what the model predicts next, what temperature and the masks do to it, and what
+attention and the layers compute.
 
-Every function returns a matplotlib ``Figure`` with a title and labelled axes; the notebook shows it. Token ids are
-labelled with their text (``repr``-style, so a leading space or a newline stays visible).
+Every function returns a matplotlib ``Figure`` with a title that states what it shows and labelled axes; the
+notebook shows it. Figures are at most ``MAX_WIDTH`` inches wide, so a notebook column shows them at full size,
+and every label is at least ``FONT_SIZE`` points. Tokens are labelled with their text (``repr``-style, so a
+leading space or a newline stays visible).
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from torch.nn import functional as F
 
 from .sampling import min_p_mask, top_k_mask, top_p_mask
 from .tokenizer import get_encoding
 
-KEPT, MASKED = "#2b7bb9", "#d9d9d9"
+KEPT, MASKED, BEFORE = "#2b7bb9", "#f2a93b", "#c9c9c9"  # kept tokens, masked tokens, probabilities before a mask
+MAX_WIDTH = 10.0  # inches: about the width of a notebook column at matplotlib's 100 dpi
+FONT_SIZE = 9  # points: the smallest text on any figure
 
 
 def token_label(token_id: int, decode_bytes: Callable[[int], bytes] | None = None) -> str:
@@ -32,97 +39,124 @@ def entropy(probs: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
-def _top(probs: torch.Tensor, n: int) -> tuple[list[int], list[float]]:
-    values, ids = torch.topk(probs, min(n, probs.numel()))
-    return ids.tolist(), values.tolist()
+def plural(n: int, word: str) -> str:
+    """Return "1 token" or "2 tokens": ``n`` and ``word``, with an s unless n is 1."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _top(values: torch.Tensor, n: int) -> list[int]:
+    return torch.topk(values, min(n, values.numel())).indices.tolist()
+
+
+def _token_axis(ax, labels: Sequence[str], xlabel: str) -> None:
+    ax.set_xticks(range(len(labels)), labels, rotation=70, ha="right", fontsize=FONT_SIZE)
+    ax.set_xlabel(xlabel, fontsize=FONT_SIZE + 1)
+    ax.tick_params(axis="y", labelsize=FONT_SIZE)
 
 
 def plot_next_token_probs(probs: torch.Tensor, top: int = 20, title: str = "Next-token probabilities",
                           decode_bytes=None) -> Figure:
     """Return a bar chart of the ``top`` most likely next tokens of a probability vector (vocab_size,)."""
-    ids, values = _top(probs, top)
-    fig, ax = plt.subplots(figsize=(10, 4))
-    ax.bar(range(len(ids)), values, color=KEPT)
-    ax.set_xticks(range(len(ids)), [token_label(i, decode_bytes) for i in ids], rotation=60, ha="right")
+    ids = _top(probs, top)
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH, 4))
+    ax.bar(range(len(ids)), [probs[i].item() for i in ids], color=KEPT)
+    _token_axis(ax, [token_label(i, decode_bytes) for i in ids], "next token (most likely first)")
     ax.set_title(title)
-    ax.set_xlabel("next token (most likely first)")
-    ax.set_ylabel("probability")
+    ax.set_ylabel("probability", fontsize=FONT_SIZE + 1)
     fig.tight_layout()
     return fig
 
 
-def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 30, decode_bytes=None) -> Figure:
-    """Return a two-panel figure of the top-k mask on logits (vocab_size,): kept vs -inf, then probabilities.
+def _masked_bars(ax, before: torch.Tensor, after: torch.Tensor, masked: torch.Tensor, ids: list[int]) -> None:
+    # grey: each token's probability before the mask; on top, kept tokens in blue at their renormalised
+    # probability, masked ones in orange at their old height, so a masked bar is still visible
+    x = range(len(ids))
+    kept = [bool(torch.isfinite(masked[i])) for i in ids]
+    ax.bar(x, [before[i].item() for i in ids], color=BEFORE, width=0.85)
+    ax.bar(x, [after[i].item() if k else before[i].item() for i, k in zip(ids, kept)], width=0.45,
+           color=[KEPT if k else MASKED for k in kept])
 
-    Left: the ``show`` largest logits, coloured by whether top-k keeps them. Right: their probabilities before the
-    mask and after it (renormalised over the kept tokens, which therefore all grow).
+
+def _mask_legend(ax) -> None:
+    ax.legend(handles=[Patch(color=BEFORE, label="before the mask"),
+                       Patch(color=KEPT, label="kept, renormalised"),
+                       Patch(color=MASKED, label="masked: probability 0")], fontsize=FONT_SIZE)
+
+
+def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=None) -> Figure:
+    """Return a two-row figure of the top-k mask on logits (vocab_size,): the scores, then the probabilities.
+
+    Top: the ``show`` largest logits, coloured by whether top-k keeps them. Bottom: their probabilities before
+    the mask and after it (renormalised over the kept tokens, which therefore all grow).
     """
     masked = top_k_mask(logits[None, :], k)[0]
-    before = F.softmax(logits, dim=-1)
-    after = F.softmax(masked, dim=-1)
-    ids, _ = _top(logits, show)
-    kept = [bool(torch.isfinite(masked[i])) for i in ids]
-    colors = [KEPT if keep else MASKED for keep in kept]
+    ids = _top(logits, show)
     labels = [token_label(i, decode_bytes) for i in ids]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    left.bar(range(len(ids)), [logits[i].item() for i in ids], color=colors)
-    left.set_title(f"Top-k mask, k={k}: grey tokens become -inf")
-    left.set_xlabel("token (highest logit first)")
-    left.set_ylabel("logit")
-    left.set_xticks(range(len(ids)), labels, rotation=75, ha="right", fontsize=7)
-    x = torch.arange(len(ids))
-    right.bar(x - 0.2, [before[i].item() for i in ids], width=0.4, color=MASKED, label="before the mask")
-    right.bar(x + 0.2, [after[i].item() for i in ids], width=0.4, color=KEPT, label=f"after (renormalised over {k})")
-    right.set_title("Probabilities before and after the mask")
-    right.set_xlabel("token (highest logit first)")
-    right.set_ylabel("probability")
-    right.set_xticks(range(len(ids)), labels, rotation=75, ha="right", fontsize=7)
-    right.legend()
+    kept = [bool(torch.isfinite(masked[i])) for i in ids]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(MAX_WIDTH, 7.5), sharex=True)
+    top.bar(range(len(ids)), [logits[i].item() for i in ids], color=[KEPT if keep else MASKED for keep in kept])
+    top.axhline(torch.topk(logits, k).values[-1].item(), color="black", linestyle="--", linewidth=1,
+                label=f"the k-th largest score (k={k})")
+    top.set_title(f"Top-k, k={k}: scores below the k-th largest become -inf")
+    top.set_ylabel("logit", fontsize=FONT_SIZE + 1)
+    top.tick_params(axis="y", labelsize=FONT_SIZE)
+    top.legend(fontsize=FONT_SIZE)
+    _masked_bars(bottom, F.softmax(logits, dim=-1), F.softmax(masked, dim=-1), masked, ids)
+    bottom.set_title(f"After softmax the {plural(k, 'kept token')} share all the probability")
+    bottom.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+    _token_axis(bottom, labels, "token (highest logit first)")
+    _mask_legend(bottom)
     fig.tight_layout()
     return fig
 
 
 def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = (0.5, 0.8, 1.0, 1.5),
-                          top: int = 15, decode_bytes=None) -> Figure:
-    """Return one panel per temperature: the ``top`` tokens' probabilities of softmax(logits / T), with entropy."""
-    ids, _ = _top(logits, top)
+                          top: int = 12, decode_bytes=None) -> Figure:
+    """Return one panel per temperature (two per row): the ``top`` tokens' probabilities of softmax(logits / T)."""
+    ids = _top(logits, top)
     labels = [token_label(i, decode_bytes) for i in ids]
-    fig, axes = plt.subplots(1, len(temperatures), figsize=(4 * len(temperatures), 4), sharey=True)
-    for ax, t in zip(axes, temperatures):
+    rows = (len(temperatures) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(MAX_WIDTH, 3.6 * rows), sharey=True, squeeze=False)
+    for ax, t in zip(axes.flat, temperatures):
         probs = F.softmax(logits / t, dim=-1)
         ax.bar(range(len(ids)), [probs[i].item() for i in ids], color=KEPT)
-        ax.set_title(f"T = {t}: entropy {entropy(probs):.2f} nats")
-        ax.set_xlabel("token")
-        ax.set_xticks(range(len(ids)), labels, rotation=75, ha="right", fontsize=7)
-    axes[0].set_ylabel("probability")
-    fig.suptitle("Temperature reshapes the next-token distribution")
+        ax.set_title(f"T = {t}: entropy {entropy(probs):.2f} nats", fontsize=FONT_SIZE + 2)
+        _token_axis(ax, labels, "next token")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+    for ax in axes.flat[len(temperatures):]:
+        ax.set_visible(False)
+    fig.suptitle("Lower temperature sharpens the distribution, higher flattens it", fontsize=FONT_SIZE + 3)
     fig.tight_layout()
     return fig
 
 
-def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k: int = 200, top_p: float = 0.9,
-                           min_p: float = 0.05, show: int = 40) -> Figure:
-    """Return greedy, top-k, top-p and min-p side by side: which of the ``show`` likeliest tokens each keeps."""
+def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k: int = 20, top_p: float = 0.5,
+                           min_p: float = 0.2, show: int = 25, decode_bytes=None) -> Figure:
+    """Return greedy, top-k, top-p and min-p side by side on the same logits (after the temperature): which of
+    the ``show`` likeliest tokens each keeps, and their probabilities before and after."""
     scaled = logits[None, :] / temperature
     greedy = torch.full_like(scaled, -float("inf"))
     greedy[0, scaled.argmax()] = 0.0
     rules = [
-        ("greedy (T=0)", greedy),
+        ("greedy (argmax)", greedy),
         (f"top-k, k={top_k}", top_k_mask(scaled, top_k)),
         (f"top-p, p={top_p}", top_p_mask(scaled, top_p)),
         (f"min-p, p={min_p}", min_p_mask(scaled, min_p)),
     ]
-    ids, _ = _top(logits, show)
-    fig, axes = plt.subplots(1, len(rules), figsize=(16, 4), sharey=True)
-    for ax, (name, masked) in zip(axes, rules):
-        probs = F.softmax(masked[0], dim=-1)
-        n_kept = int(torch.isfinite(masked).sum())
-        colors = [KEPT if torch.isfinite(masked[0, i]) else MASKED for i in ids]
-        ax.bar(range(len(ids)), [probs[i].item() for i in ids], color=colors)
-        ax.set_title(f"{name}: {n_kept} tokens kept")
-        ax.set_xlabel(f"the {len(ids)} likeliest tokens")
-    axes[0].set_ylabel("probability after masking")
-    fig.suptitle(f"Four ways to choose the candidates (temperature {temperature} first)")
+    before = F.softmax(scaled[0], dim=-1)
+    ids = _top(before, show)
+    labels = [token_label(i, decode_bytes) for i in ids]
+    # each panel keeps its own scale: greedy's single bar at 1 would flatten the others
+    fig, axes = plt.subplots(2, 2, figsize=(MAX_WIDTH, 8))
+    for ax, (name, masked) in zip(axes.flat, rules):
+        _masked_bars(ax, before, F.softmax(masked[0], dim=-1), masked[0], ids)
+        ax.set_title(f"{name}: {plural(int(torch.isfinite(masked).sum()), 'token')} kept", fontsize=FONT_SIZE + 2)
+        ax.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+        _token_axis(ax, labels, "next token")
+    _mask_legend(axes[0, 1])
+    fig.suptitle(f"Four ways to choose the candidates, on the same distribution (temperature {temperature})",
+                 fontsize=FONT_SIZE + 3)
     fig.tight_layout()
     return fig
 
@@ -130,7 +164,7 @@ def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k
 def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[float]],
                         title: str = "Time per generated token") -> Figure:
     """Return a line plot of milliseconds per token against context length, one line per method."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 4))
     for name, times in series.items():
         ax.plot(positions, [1000 * t for t in times], label=name)
     ax.set_title(title)
@@ -139,3 +173,106 @@ def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[flo
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> Figure:
+    """Return one heatmap per head of attention ``weights`` (n_head, T, T): row = the token that looks (query),
+    column = the token looked at (key); ``labels`` are the T tokens."""
+    n_head = weights.size(0)
+    cols = min(n_head, 2)
+    rows = (n_head + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(MAX_WIDTH * 0.85, 3.9 * rows + 0.6), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    for h, ax in enumerate(axes.flat):
+        if h >= n_head:
+            ax.set_visible(False)
+            continue
+        image = ax.imshow(weights[h].detach().numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"head {h}", fontsize=FONT_SIZE + 2)
+    for ax in axes[-1]:
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=FONT_SIZE)
+        ax.set_xlabel("looked at (key)", fontsize=FONT_SIZE + 1)
+    for ax in axes[:, 0]:
+        ax.set_yticks(range(len(labels)), labels, fontsize=FONT_SIZE)
+        ax.set_ylabel("looking (query)", fontsize=FONT_SIZE + 1)
+    fig.colorbar(image, ax=axes, shrink=0.7, label="attention weight")
+    fig.suptitle(title, fontsize=FONT_SIZE + 3)
+    return fig
+
+
+def plot_gelu() -> Figure:
+    """Return GELU (exact and GPT-2's tanh form) beside ReLU on [-4, 3]."""
+    x = torch.linspace(-4, 3, 400)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(x, F.relu(x), color=BEFORE, linewidth=3, label="ReLU: max(0, x)")
+    ax.plot(x, F.gelu(x), color=KEPT, label="GELU: x * Phi(x)")
+    ax.plot(x, F.gelu(x, approximate="tanh"), color=MASKED, linestyle="--", label="GELU, GPT-2's tanh form")
+    ax.set_title("GELU: like ReLU, but smooth, and slightly negative just below 0")
+    ax.set_xlabel("input")
+    ax.set_ylabel("output")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: Sequence[float],
+                    title: str) -> Figure:
+    """Return one bar per layer: the probability of that layer's top guess, labelled with the guess itself."""
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 4.2))
+    final = guesses[-1]
+    ax.bar(range(len(probs)), probs, color=[KEPT if g == final else BEFORE for g in guesses])
+    for i, (guess, p) in enumerate(zip(guesses, probs)):
+        ax.text(i, p + 0.01, guess, ha="center", va="bottom", fontsize=FONT_SIZE + 1)
+    ax.set_xticks(range(len(layer_names)), layer_names, fontsize=FONT_SIZE)
+    ax.set_ylim(0, max(probs) * 1.25 + 0.02)
+    ax.set_title(title)
+    ax.set_xlabel("read out after", fontsize=FONT_SIZE + 1)
+    ax.set_ylabel("probability of the top guess", fontsize=FONT_SIZE + 1)
+    ax.legend(handles=[Patch(color=KEPT, label="the final answer"), Patch(color=BEFORE, label="another token")],
+              fontsize=FONT_SIZE, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15, decode_bytes=None) -> Figure:
+    """Return the ``top`` likeliest tokens' probabilities beside how often each came up in ``draws`` (ids)."""
+    ids = _top(probs, top)
+    counts = torch.bincount(draws.flatten(), minlength=probs.numel()).float() / draws.numel()
+    x = torch.arange(len(ids))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH, 4.2))
+    ax.bar(x - 0.2, [probs[i].item() for i in ids], width=0.4, color=BEFORE, label="probability")
+    ax.bar(x + 0.2, [counts[i].item() for i in ids], width=0.4, color=KEPT,
+           label=f"share of {draws.numel():,} draws")
+    _token_axis(ax, [token_label(i, decode_bytes) for i in ids], "token (most likely first)")
+    ax.set_ylabel("probability / share of draws", fontsize=FONT_SIZE + 1)
+    ax.set_title("torch.multinomial draws each token about as often as its probability says")
+    ax.legend(fontsize=FONT_SIZE)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kept_per_step(kept: Sequence[int], top_k: int, top_p: float) -> Figure:
+    """Return how many tokens top-p kept at each step of a generation, beside top-k's fixed ``top_k``."""
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 4))
+    ax.plot(range(1, len(kept) + 1), kept, color=KEPT, marker=".", label=f"top-p, p={top_p}")
+    ax.axhline(top_k, color=MASKED, linestyle="--", label=f"top-k, k={top_k}")
+    ax.set_yscale("log")
+    ax.set_title("Top-p keeps few tokens where the model is sure, many where it is not")
+    ax.set_xlabel("generation step")
+    ax.set_ylabel("tokens kept (log scale)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def token_spans_html(ids: Sequence[int], decode_bytes=None) -> str:
+    """Return HTML showing each token of ``ids`` as a coloured span (hover: its id); spaces show as "·"."""
+    decode_bytes = decode_bytes or get_encoding().decode_single_token_bytes
+    colours = ("#cfe3f5", "#fde2b8", "#d4edd0", "#f6d0d8", "#e3d7f2")
+    spans = []
+    for n, i in enumerate(ids):
+        text = decode_bytes(i).decode("utf-8", errors="replace").replace(" ", "·").replace("\n", "↵")
+        spans.append(f'<span title="id {i}" style="background:{colours[n % len(colours)]}; padding:2px 1px; '
+                     f'margin:0 1px; border-radius:3px">{html.escape(text)}</span>')
+    return f'<div style="font-family:monospace; font-size:15px; line-height:2">{"".join(spans)}</div>'

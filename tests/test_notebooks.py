@@ -28,10 +28,10 @@ def test_goals_exercise_and_recap(path):
     cells = load(path)["cells"]
     markdown = "\n".join(source(c) for c in cells if c["cell_type"] == "markdown")
     assert "**Learning goals**" in markdown and "## Exercise" in markdown and "## Recap" in markdown
-    # a collapsed solution cell, followed by a cell that checks it
+    # a collapsed solution cell, followed by a cell that checks it (tests/test_exercises.py checks the checks)
     for i, cell in enumerate(cells):
         if cell["metadata"].get("jupyter", {}).get("source_hidden"):
-            assert "assert" in source(cells[i + 1])
+            assert "answers(" in source(cells[i + 1]) and "check(" in source(cells[i + 1])
             break
     else:
         pytest.fail("no collapsed solution cell")

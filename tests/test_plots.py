@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from nanogpt_edu.plots import (
-    entropy, plot_filter_comparison, plot_next_token_probs, plot_temperature_grid, plot_time_per_token,
-    plot_top_k_mask, token_label,
+    FONT_SIZE, KEPT, MASKED, MAX_WIDTH, entropy, plot_attention, plot_draws_vs_probs, plot_filter_comparison,
+    plot_gelu, plot_kept_per_step, plot_logit_lens, plot_next_token_probs, plot_temperature_grid,
+    plot_time_per_token, plot_top_k_mask, plural, token_label, token_spans_html,
 )
+from nanogpt_edu.sampling import top_k_mask
 
 LOGITS = torch.randn(50257, generator=torch.Generator().manual_seed(0)) * 2
 
@@ -19,6 +21,36 @@ def close_figures():
     yield
     plt.close("all")
 
+
+PROBS = torch.softmax(LOGITS, -1)
+FIGURES = {  # every figure of the notebooks, made from small inputs
+    "next token": lambda: plot_next_token_probs(PROBS, top=20),
+    "top-k mask": lambda: plot_top_k_mask(LOGITS, k=10),
+    "temperature grid": lambda: plot_temperature_grid(LOGITS),
+    "filters": lambda: plot_filter_comparison(LOGITS),
+    "time per token": lambda: plot_time_per_token([1, 2, 3], {"naive": [0.1, 0.2, 0.3]}),
+    "attention": lambda: plot_attention(torch.softmax(torch.randn(4, 5, 5), -1), list("abcde"), "attention"),
+    "gelu": plot_gelu,
+    "logit lens": lambda: plot_logit_lens(["emb", "1", "2"], ["'a'", "'b'", "'b'"], [0.1, 0.3, 0.5], "lens"),
+    "draws": lambda: plot_draws_vs_probs(PROBS, torch.multinomial(PROBS, 500, replacement=True)),
+    "kept per step": lambda: plot_kept_per_step([3, 50, 7], top_k=20, top_p=0.9),
+}
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_every_figure_fits_a_notebook_column_with_legible_text_a_title_and_axis_labels(name):
+    fig = FIGURES[name]()
+    assert fig.get_size_inches()[0] <= MAX_WIDTH
+    fig.canvas.draw()  # lay out the text, so every label exists with its final size
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip()]
+    assert min(sizes) >= FONT_SIZE
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>" or not ax.get_visible():
+            continue
+        assert ax.get_title() or fig._suptitle is not None, name
+        # an axis is labelled, or shares its scale with a panel whose axis is (as subplots with sharex/sharey)
+        assert any(a.get_xlabel() for a in ax.get_shared_x_axes().get_siblings(ax)), name
+        assert any(a.get_ylabel() for a in ax.get_shared_y_axes().get_siblings(ax)) or ax.images, name
 
 
 def test_next_token_probs_has_one_bar_per_token_with_text_labels():
@@ -31,35 +63,45 @@ def test_next_token_probs_has_one_bar_per_token_with_text_labels():
     assert ax.get_xticklabels()[0].get_text() == token_label(top)
 
 
-def test_top_k_mask_colours_kept_and_masked():
+def test_top_k_mask_colours_kept_and_masked_and_keeps_masked_bars_visible():
     fig = plot_top_k_mask(LOGITS, k=10, show=30)
-    left, right = fig.axes
-    assert len(left.patches) == 30 and len(right.patches) == 60
-    colours = [p.get_facecolor() for p in left.patches]
-    assert len(set(colours[:10])) == 1 and colours[10] != colours[0]  # first 10 kept, the rest grey
-    for ax in (left, right):
-        assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
+    scores, probs = fig.axes
+    assert len(scores.patches) == 30 and len(probs.patches) == 60  # probabilities: before, then kept/masked
+    colours = [matplotlib.colors.to_hex(p.get_facecolor()) for p in scores.patches]
+    assert set(colours[:10]) == {KEPT} and set(colours[10:]) == {MASKED}
+    masked_bars = probs.patches[30 + 10:]
+    assert all(bar.get_height() > 0 for bar in masked_bars)  # masked tokens show, at their old probability
+    kept_after = sum(bar.get_height() for bar in probs.patches[30:40])
+    assert abs(kept_after - 1) < 1e-4  # the kept tokens' renormalised probabilities add up to 1
+    assert probs.get_xticklabels()[0].get_text() == token_label(int(LOGITS.argmax()))
+    for ax in (scores, probs):
+        assert ax.get_title() and ax.get_ylabel()
 
 
 def test_temperature_grid_reports_entropy():
     fig = plot_temperature_grid(LOGITS, temperatures=(0.5, 1.0, 2.0), top=10)
-    assert len(fig.axes) == 3
-    assert all(len(ax.patches) == 10 for ax in fig.axes)
-    assert "entropy" in fig.axes[0].get_title()
-    assert fig.axes[0].get_ylabel() == "probability"
-    assert all(ax.get_xlabel() for ax in fig.axes)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 3
+    assert all(len(ax.patches) == 10 for ax in panels)
+    assert "entropy" in panels[0].get_title()
+    assert panels[0].get_ylabel() == "probability"
+    assert all(ax.get_xlabel() for ax in panels)
     # lower temperature, lower entropy
-    e = [float(ax.get_title().split("entropy ")[1].split()[0]) for ax in fig.axes]
+    e = [float(ax.get_title().split("entropy ")[1].split()[0]) for ax in panels]
     assert e[0] < e[1] < e[2]
 
 
-def test_filter_comparison_has_four_panels():
+def test_filter_comparison_has_four_panels_with_token_labels_and_counts():
     fig = plot_filter_comparison(LOGITS, top_k=5, top_p=0.5, min_p=0.1, show=20)
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == 4
-    assert titles[0] == "greedy (T=0): 1 tokens kept"
+    assert titles[0] == "greedy (argmax): 1 token kept"
     assert titles[1] == "top-k, k=5: 5 tokens kept"
     assert fig.axes[0].get_ylabel() and all(ax.get_xlabel() for ax in fig.axes)
+    scaled = LOGITS / 0.8
+    assert fig.axes[0].get_xticklabels()[0].get_text() == token_label(int(scaled.argmax()))
+    kept = torch.isfinite(top_k_mask(scaled[None], 5)[0])
+    assert int(kept.sum()) == 5
 
 
 def test_time_per_token_lines():
@@ -67,6 +109,48 @@ def test_time_per_token_lines():
     ax = fig.axes[0]
     assert len(ax.lines) == 2
     assert ax.get_xlabel() == "context length (tokens)" and ax.get_ylabel() == "milliseconds per token"
+
+
+def test_attention_heatmaps_one_per_head_labelled_with_tokens():
+    weights = torch.softmax(torch.randn(4, 3, 3), -1)
+    fig = plot_attention(weights, ["'a'", "'b'", "'c'"], "title")
+    heads = [ax for ax in fig.axes if ax.images]
+    assert len(heads) == 4
+    assert [t.get_text() for t in heads[0].get_yticklabels()] == ["'a'", "'b'", "'c'"]
+    assert torch.equal(torch.tensor(heads[2].images[0].get_array()), weights[2])
+
+
+def test_logit_lens_marks_the_final_answer():
+    fig = plot_logit_lens(["emb", "1", "2"], ["'x'", "'y'", "'y'"], [0.1, 0.3, 0.5], "lens")
+    colours = [matplotlib.colors.to_hex(p.get_facecolor()) for p in fig.axes[0].patches]
+    assert colours[1] == colours[2] == KEPT and colours[0] != KEPT
+    assert [t.get_text() for t in fig.axes[0].texts] == ["'x'", "'y'", "'y'"]
+
+
+def test_draws_vs_probabilities_counts_shares():
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    draws = torch.tensor([0, 0, 1, 2])
+    fig = plot_draws_vs_probs(probs, draws, top=3, decode_bytes=lambda i: str(i).encode())
+    bars = fig.axes[0].patches
+    assert [round(b.get_height(), 3) for b in bars] == [0.5, 0.3, 0.2, 0.5, 0.25, 0.25]
+
+
+def test_kept_per_step_against_fixed_k():
+    fig = plot_kept_per_step([3, 50, 7], top_k=20, top_p=0.9)
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_ydata()) == [3, 50, 7] and ax.get_yscale() == "log"
+    assert list(ax.lines[1].get_ydata()) == [20, 20]
+
+
+def test_plural():
+    assert plural(1, "token") == "1 token" and plural(0, "token") == "0 tokens" and plural(1200, "x") == "1,200 xs"
+
+
+def test_token_spans_show_every_token_with_visible_spaces():
+    page = token_spans_html([15496, 11, 616, 198, 27])
+    assert page.count("<span") == 5
+    assert "·my" in page and "↵" in page and "&lt;" in page  # spaces, newlines and HTML characters made visible
+    assert 'title="id 616"' in page
 
 
 def test_entropy_bounds():

@@ -1,0 +1,72 @@
+"""Write the student edition of the series: every notebook without its solution cells and without stored outputs.
+
+    python scripts/student_edition.py [--out build/student]    (or: make student)
+
+A solution cell is a code cell tagged ``solution``; nbconvert's ``TagRemovePreprocessor`` removes those, and its
+``ClearOutputPreprocessor`` clears every output (the stored outputs of check cells would show the answers). The
+check cells stay: run in the student edition, each stops with one line, ``not done yet: define `...` first``,
+until the learner's own answer is in place. A tool of the repository: it reads this checkout's notebooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import nbformat
+from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocessor
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+SOLUTION_TAG = "solution"
+README = """# nanogpt-edu, student edition
+
+The notebooks of the series without their solutions. Work through them in order, starting with
+`00_overview.ipynb`. Each exercise is followed by a check cell: run it after your answer. Until the names the
+exercise asks for are defined it says `not done yet`; with an answer that is not right it says `not right yet`
+and gives a hint. Open them in JupyterLab with the project's kernel, "Python (nanogpt-edu)".
+"""
+
+
+def notebooks(folder: Path) -> list[Path]:
+    """Return the numbered notebooks of ``folder`` in order."""
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Return ``nb`` without its solution cells and with every output cleared (``nb`` itself is changed too)."""
+    remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}, enabled=True)
+    nb, _ = remove.preprocess(nb, {})
+    nb, _ = ClearOutputPreprocessor(enabled=True).preprocess(nb, {})
+    return nb
+
+
+def build(notebook_dir: Path = ROOT / "notebooks", out: Path = ROOT / "build" / "student") -> list[Path]:
+    """Write the student edition of every notebook in ``notebook_dir`` into ``out``; return the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in notebooks(notebook_dir):
+        nb = student_notebook(nbformat.read(path, as_version=4))
+        target = out / path.name
+        nbformat.write(nb, target)
+        written.append(target)
+    (out / "README.md").write_text(README, encoding="utf-8")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python scripts/student_edition.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--notebooks", type=Path, default=ROOT / "notebooks")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "student")
+    args = parser.parse_args(argv)
+    if not notebooks(args.notebooks):
+        parser.error(f"--notebooks: no numbered notebooks in {args.notebooks}")
+    if args.out.resolve() == args.notebooks.resolve():
+        parser.error("--out: choose another folder than the notebooks themselves, whose solutions would be lost")
+    for old in notebooks(args.out):  # notebooks left from an earlier build; nothing else in --out is touched
+        old.unlink()
+    written = build(args.notebooks, args.out)
+    print(f"wrote {len(written)} notebooks without solutions to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Answers to every notebook exercise, for tests/test_exercises.py: one wrong, one right under other names.
+
+Keyed by (notebook, exercise number). Each source runs in the student edition's kernel just before the check cell
+(so it sees what the notebook defined above the exercise, never the solution's variables). "wrong" defines every
+name the exercise asks for, with at least one wrong value; "other_names" gets the right values by its own route
+and its own intermediate names, as a learner might.
+"""
+
+ANSWERS = {
+    ("04_forward_pass", 1): {
+        "wrong": """
+best_text = decode([int(F.softmax(model(torch.tensor([encode("ROMEO:")]))[0][0, -1], dim=-1).argsort()[-2])])
+best_prob = 0.5
+""",
+        "other_names": """
+my_ids = torch.tensor([encode("ROMEO:")])
+my_scores = model(my_ids)[0][0, -1]
+my_p = torch.softmax(my_scores, dim=-1)
+best_prob, winner = my_p.max(dim=-1)
+best_text = decode([winner.item()])
+""",
+    },
+    ("04_forward_pass", 2): {
+        "wrong": """
+blk = model.transformer.h[1]
+qq, kk, _ = blk.attn.c_attn(blk.ln_1(stream1)).split(config.n_embd, dim=2)
+qq = qq.view(B, T, n_head, head_size).transpose(1, 2)
+kk = kk.view(B, T, n_head, head_size).transpose(1, 2)
+head2_weights = F.softmax(qq @ kk.transpose(-2, -1) / math.sqrt(head_size), dim=-1)[0, 2]  # no mask
+""",
+        "other_names": """
+blk = model.transformer.h[1]
+normed1 = blk.ln_1(stream1)[0]                          # (T, C)
+w_q, w_k, _ = blk.attn.c_attn.weight.split(config.n_embd, dim=0)
+b_q, b_k, _ = blk.attn.c_attn.bias.split(config.n_embd, dim=0)
+rows = slice(2 * head_size, 3 * head_size)               # head 2's slice of the dims
+qh = normed1 @ w_q[rows].T + b_q[rows]
+kh = normed1 @ w_k[rows].T + b_k[rows]
+raw = qh @ kh.T / head_size ** 0.5
+head2_weights = torch.softmax(raw.masked_fill(torch.ones(T, T).triu(1).bool(), -torch.inf), dim=-1)
+""",
+    },
+    ("05_sampling_loop", 1): {
+        "wrong": """
+my_masked = scaled.masked_fill(scaled < torch.sort(scaled, descending=True).values[:, [50]], -float("inf"))
+""",  # off by one: the 51st score as the threshold
+        "other_names": """
+ordered = scaled.sort(dim=-1, descending=True).values
+cut = ordered[0, 49]
+my_masked = torch.where(scaled >= cut, scaled, torch.tensor(float("-inf")))
+""",
+    },
+    ("05_sampling_loop", 2): {
+        "wrong": """
+def my_top_p(logits, p):
+    return top_k_mask(logits, 10)
+""",
+        "other_names": """
+def my_top_p(logits, p):
+    chances = logits.softmax(-1)
+    ranked, where = chances.sort(-1, descending=True)
+    before = ranked.cumsum(-1) - ranked
+    keep = torch.zeros_like(before, dtype=torch.bool).scatter(-1, where, before < p)
+    return logits.where(keep, torch.tensor(-torch.inf))
+""",
+    },
+    ("06_kv_cache", 1): {
+        "wrong": """
+gpt2_naive = 200 * 205
+gpt2_cached = 205
+""",
+        "other_names": """
+per_step = [5 + t for t in range(200)]
+gpt2_naive = sum(per_step)
+gpt2_cached = 5 + (200 - 1)
+""",
+    },
+    ("06_kv_cache", 2): {
+        "wrong": """
+def cached_greedy(model, idx, n):  # right tokens, but the whole context every step: no cache at all
+    for _ in range(n):
+        logits, _ = model(idx)
+        idx = torch.cat((idx, logits[:, -1, :].argmax(-1, keepdim=True)), dim=1)
+    return idx
+""",
+        "other_names": """
+def cached_greedy(net, tokens, count):
+    kv = net.new_cache(tokens.size(0), capacity=tokens.size(1) + count)
+    scores, _ = net(tokens, cache=kv)
+    pieces = [tokens]
+    for _ in range(count):
+        pick = scores[:, -1].argmax(-1)[:, None]
+        pieces.append(pick)
+        scores, _ = net(pick, cache=kv)
+    return torch.cat(pieces, dim=1)
+""",
+    },
+    ("03_tokenization", 1): {
+        "wrong": """
+n_tokens = len(line.split())  # words, not tokens
+longest = "through"
+""",
+        "other_names": """
+ids_of_line = enc.encode(line)
+n_tokens = len(ids_of_line)
+sizes = {i: len(enc.decode_single_token_bytes(i)) for i in ids_of_line}
+longest = enc.decode_single_token_bytes(max(sizes, key=sizes.get)).decode("utf-8")
+""",
+    },
+    ("03_tokenization", 2): {
+        "wrong": """
+def bpe(word):  # merges the pair learned *last* first
+    parts = [bytes([b]) for b in word.encode("utf-8")]
+    while True:
+        found = []
+        for a, b in zip(parts, parts[1:]):
+            try:
+                found.append((enc.encode_single_token(a + b), a + b))
+            except KeyError:
+                pass
+        if not found:
+            return parts
+        glued = max(found)[1]
+        out, i = [], 0
+        while i < len(parts):
+            if i + 1 < len(parts) and parts[i] + parts[i + 1] == glued:
+                out.append(glued)
+                i += 2
+            else:
+                out.append(parts[i])
+                i += 1
+        parts = out
+""",
+        "other_names": """
+def bpe(text_word):
+    def rank(piece):
+        try:
+            return enc.encode_single_token(piece)
+        except KeyError:
+            return None
+
+    seq = [bytes([c]) for c in text_word.encode("utf-8")]
+    while len(seq) > 1:
+        scored = [(rank(seq[k] + seq[k + 1]), k) for k in range(len(seq) - 1)]
+        scored = [(r, k) for r, k in scored if r is not None]
+        if not scored:
+            break
+        lowest = min(r for r, _ in scored)
+        k = 0
+        rebuilt = []
+        while k < len(seq):
+            if k + 1 < len(seq) and rank(seq[k] + seq[k + 1]) == lowest:
+                rebuilt.append(seq[k] + seq[k + 1])
+                k += 2
+            else:
+                rebuilt.append(seq[k])
+                k += 1
+        seq = rebuilt
+    return seq
+""",
+    },
+    ("02_weight_porting", 1): {
+        "wrong": """
+L, C, V, T = 24, 1024, 50257, 1024
+per_block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+medium = V * C + T * C + L * per_block + 2 * C + V * C  # the tied head counted again
+""",
+        "other_names": """
+n_layers, width = 24, 1024
+embeddings = 50257 * width + 1024 * width
+attention = width * 3 * width + 3 * width + width * width + width
+feed_forward = width * 4 * width + 4 * width + 4 * width * width + width
+norms = 2 * (2 * width)
+medium = embeddings + n_layers * (attention + feed_forward + norms) + 2 * width
+""",
+    },
+    ("02_weight_porting", 2): {
+        "wrong": """
+bad_block = 5  # where the difference is still visible, not where it starts
+bad_weight = "attn.c_proj.weight"
+""",
+        "other_names": """
+with torch.no_grad():
+    states = hf_model(x, output_hidden_states=True).hidden_states
+    running = buggy.transformer.wte(x) + buggy.transformer.wpe(torch.arange(x.size(1)))
+    gaps = []
+    for n, blk in enumerate(buggy.transformer.h):
+        running = blk(running)
+        compared = buggy.transformer.ln_f(running) if n == len(buggy.transformer.h) - 1 else running
+        gaps.append((compared - states[n + 1]).abs().max().item())
+bad_block = next(n for n, gap in enumerate(gaps) if gap > 1e-4)
+bad_weight = f"transformer.h.{bad_block}.attn.c_proj.weight"
+""",
+    },
+    ("01_config", 1): {
+        "wrong": """
+(folder / "classroom.py").write_text("num_samples = 3\\nmax_new_tokens = 100\\ntemperature = 0.8\\ntop_k = None\\n")
+classroom = apply_overrides(SampleConfig(), [str(folder / "classroom.py")], log=lambda line: None)
+""",
+        "other_names": """
+cfg_path = folder / "classroom.py"
+cfg_path.write_text("\\n".join(["num_samples = 3", "max_new_tokens = 100", "temperature = 0.5", "top_k = None"]))
+classroom = apply_overrides(SampleConfig(), [str(cfg_path)], log=lambda line: None)
+""",
+    },
+    ("01_config", 2): {
+        "wrong": """
+my_configurator = toy_configurator
+""",
+        "other_names": """
+def my_configurator(d, args):
+    for a in args:
+        name, _, raw = a.removeprefix("--").partition("=")
+        if name not in d:
+            raise KeyError(name)
+        try:
+            parsed = literal_eval(raw)
+        except (SyntaxError, ValueError):
+            parsed = raw
+        old = d[name]
+        if isinstance(old, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+            parsed = float(parsed)
+        if type(parsed) is not type(old):
+            raise ValueError(f"{name}: wrong type")
+        d[name] = parsed
+""",
+    },
+    ("00_overview", 1): {
+        "wrong": """
+n_prompt = len("ROMEO:")  # characters, not tokens
+n_new = 60
+""",
+        "other_names": """
+n_prompt = len(encode("ROMEO:"))
+n_new = y.numel() - n_prompt
+""",
+    },
+    ("00_overview", 2): {
+        "wrong": """
+def continue_text(prompt, n, seed):  # ignores the seed: a different text every call
+    out = generate(model, torch.tensor([encode(prompt)]), n, temperature=0.8, top_k=200)
+    return decode(out[0].tolist())
+""",
+        "other_names": """
+def continue_text(text, how_many, seed_value):
+    rng = torch.Generator()
+    rng.manual_seed(seed_value)
+    tokens = torch.tensor(encode(text)).unsqueeze(0)
+    grown = generate(model, tokens, how_many, temperature=0.8, top_k=200, generator=rng)
+    return decode(grown[0].tolist())
+""",
+    },
+}
