@@ -1,7 +1,8 @@
 """nanogpt_edu: the library behind a notebook series that walks through nanoGPT's sample.py.
 
 The pieces a learner meets, in the order sample.py uses them: ``SampleConfig`` (settings), ``load_model`` (the
-pocket model, GPT-2, or a nanoGPT checkpoint), ``get_encoding`` (GPT-2's BPE, offline) and ``generate``.
+pocket model, GPT-2, or a nanoGPT checkpoint), ``get_encoding`` (GPT-2's BPE, offline) and ``generate``. Bad input
+of any kind (a flag, a file, a size, the environment) raises ``NanogptEduError``, a ``ValueError`` with one line.
 """
 
 from .tokenizer import get_encoding, install_tiktoken_cache
@@ -10,9 +11,11 @@ from .tokenizer import get_encoding, install_tiktoken_cache
 install_tiktoken_cache()
 
 from .config import SampleConfig  # noqa: E402  (after the cache is in place)
+from .errors import NanogptEduError  # noqa: E402
 from .loading import load_codec, load_model  # noqa: E402
 from .model import GPT, GPTConfig  # noqa: E402
 from .sampling import generate  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "GPTConfig", "SampleConfig", "generate", "get_encoding", "load_codec", "load_model"]
+__all__ = ["GPT", "GPTConfig", "NanogptEduError", "SampleConfig", "generate", "get_encoding", "load_codec",
+           "load_model"]

@@ -1,0 +1,156 @@
+"""How big is too big: what nanogpt_edu checks before it reads a file or allocates a model.
+
+A file a user names may be anything: a device like ``/dev/zero`` that never ends, a pipe that never opens, a sparse
+file of a gigabyte, a checkpoint whose ``model_args`` ask for a trillion parameters. So text and pickles are read
+only from regular files and only up to a stated limit, and a model's shape is checked (whole numbers, positive, and
+a memory estimate that fits this machine) before a single layer is built.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import NanogptEduError, shown
+
+MAX_PROMPT_BYTES = 1 << 20  # a prompt (text or file): 1 MiB is some 250,000 tokens, far more than any context
+MAX_CONFIG_BYTES = 64 << 10  # a config file or config.json is a few lines; parsing code costs ~300x its size
+MAX_PICKLE_BYTES = 4 << 20  # meta.pkl, and the pickled structure of a ckpt.pt (its tensors are not counted)
+MAX_LAYERS = 1024  # ten times the deepest GPT published; each layer is a dozen Python objects to build
+MODEL_DIMS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+
+
+def read_bounded(path: str | Path, limit: int, what: str, error: type[NanogptEduError]) -> bytes:
+    """Return the bytes of the regular file ``path``; raise ``error`` naming ``what`` and ``path`` otherwise.
+
+    Devices, pipes and sockets are refused without opening them (``/dev/zero`` never ends, a pipe with no writer
+    never opens), and so is any file of more than ``limit`` bytes.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
+        raise error(f"{what} {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{what} {path} is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} {path} is not a regular file (devices, pipes and sockets are not read)")
+    if info.st_size > limit:
+        raise error(f"{what} {path} has {info.st_size:,} bytes, more than the limit of {limit:,}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # a file may grow after stat, or report size 0 (/proc): read no further
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path} has more than the limit of {limit:,} bytes")
+    return data
+
+
+def check_model_dims(dims: Mapping, where: str, error: type[NanogptEduError]) -> None:
+    """Raise ``error`` unless ``dims`` (``n_layer`` ... ``vocab_size``, optional ``bias`` and ``dropout``) are sane.
+
+    Checked: whole numbers >= 1 (not bools, not floats), at most ``MAX_LAYERS`` layers, ``n_embd`` divisible by
+    ``n_head``, ``bias`` a bool, ``dropout`` a number in [0, 1). Cheap: nothing is built.
+    """
+    for name in MODEL_DIMS:
+        value = dims.get(name)
+        if type(value) is not int or value < 1:
+            raise error(f"{where}: {name} must be a whole number >= 1, got {shown(value)}")
+    if dims["n_layer"] > MAX_LAYERS:
+        raise error(f"{where}: n_layer={dims['n_layer']:,} is more than the limit of {MAX_LAYERS} layers")
+    if dims["n_embd"] % dims["n_head"]:
+        raise error(f"{where}: n_embd ({dims['n_embd']}) must be divisible by n_head ({dims['n_head']})")
+    if type(dims.get("bias", True)) is not bool:
+        raise error(f"{where}: bias must be True or False, got {shown(dims['bias'])}")
+    dropout = dims.get("dropout", 0.0)
+    if type(dropout) not in (int, float) or not 0 <= dropout < 1:
+        raise error(f"{where}: dropout must be a number in [0, 1), got {shown(dropout)}")
+
+
+def parameter_count(n_layer: int, n_embd: int, block_size: int, vocab_size: int, bias: bool = True) -> int:
+    """Return the parameters of a GPT of this shape, the tied embedding counted once (as ``get_num_params``)."""
+    C = n_embd
+    # per block: c_attn 3C*C, attn c_proj C*C, c_fc 4C*C, mlp c_proj 4C*C, two layer norm gains; biases 11C
+    per_layer = 12 * C * C + 2 * C + (11 * C if bias else 0)
+    return n_layer * per_layer + vocab_size * C + block_size * C + C * (2 if bias else 1)
+
+
+def model_memory(config, bytes_per_value: int = 4) -> int:
+    """Return an estimate of the bytes a GPT of ``config``'s shape needs to generate one sequence.
+
+    Its parameters, the key/value cache of one ``block_size``-long sequence, and the activations of a forward pass
+    over that many positions (a generous 16 values per position and channel, and one row of logits).
+    """
+    params = parameter_count(config.n_layer, config.n_embd, config.block_size, config.vocab_size, config.bias)
+    cache = 2 * config.n_layer * config.block_size * config.n_embd
+    work = 16 * config.block_size * config.n_embd + config.vocab_size
+    return (params + cache + work) * bytes_per_value
+
+
+def available_memory() -> int | None:
+    """Return how many bytes this process can still allocate, as far as the system tells, or None if unknown.
+
+    On Linux the smallest of: ``MemAvailable`` (/proc/meminfo), a cgroup's ``memory.max`` minus its use
+    (containers), and what ``ulimit -v``/``-d`` leave above the process's current size. Elsewhere the size of the
+    physical memory (``os.sysconf``), and where even that is unknown, None: then only the fixed limits apply.
+    """
+    found = [_meminfo("/proc/meminfo", "MemAvailable")]
+    found.append(_cgroup_room())
+    try:
+        import resource  # Unix only
+
+        for limit, used in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
+            soft = resource.getrlimit(limit)[0]
+            if soft != resource.RLIM_INFINITY:
+                found.append(soft - (_meminfo("/proc/self/status", used) or 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    found = [n for n in found if n is not None]
+    if found:
+        return max(0, min(found))
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_memory(config, where: str, error: type[NanogptEduError], bytes_per_value: int = 4) -> None:
+    """Raise ``error`` when ``model_memory(config)`` is more than ``available_memory()``."""
+    need, have = model_memory(config, bytes_per_value), available_memory()
+    if have is not None and need > have:
+        raise error(f"{where}: a model with n_layer={config.n_layer}, n_embd={config.n_embd}, "
+                    f"block_size={config.block_size:,} and vocab_size={config.vocab_size:,} needs about "
+                    f"{_size(need)} of memory, and {_size(have)} is available")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
+
+
+def _meminfo(path: str, key: str) -> int | None:
+    # "/proc/meminfo" and "/proc/self/status" both hold lines like "MemAvailable:   24222324 kB"
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
