@@ -17,10 +17,15 @@ from pathlib import Path
 
 import torch
 
+from .devices import check_seed
+from .errors import NanogptEduError, shown
+from .limits import MAX_CONFIG_BYTES, MAX_PROMPT_BYTES, read_bounded
 from .sampling import check_sampling_args
 
+MAX_COUNT = 1_000_000  # num_samples and max_new_tokens: a million tokens is hours of generation on a CPU
 
-class ConfigError(ValueError):
+
+class ConfigError(NanogptEduError):
     """A bad config file or ``--key=value`` argument; the message says which and why, in one line."""
 
 
@@ -75,11 +80,20 @@ def check_value(config: SampleConfig, key: str, value, where: str):
         return None
     if isinstance(value, bool) and bool not in allowed:
         pass  # True is an int in Python, but --top_k=True is a mistake
+    elif isinstance(value, str) and str in allowed:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: bytes on the command line that are not UTF-8
+            raise ConfigError(f"{where}: {key} is not valid text (it holds bytes that are not UTF-8)") from None
+        return value
     elif type(value) in allowed:
         return value
     elif isinstance(value, int) and not isinstance(value, bool) and float in allowed:
-        return float(value)
-    raise ConfigError(f"{where}: {key} must be {_type_name(allowed)}, got {value!r} ({type(value).__name__})")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {key} is too large for a float, got {shown(value)}") from None
+    raise ConfigError(f"{where}: {key} must be {_type_name(allowed)}, got {shown(value)} ({type(value).__name__})")
 
 
 def parse_value(text: str, config: SampleConfig, key: str):
@@ -90,7 +104,7 @@ def parse_value(text: str, config: SampleConfig, key: str):
     """
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError):
         return text
     known = [f.name for f in fields(config)]
     if key in known and _allowed_types(key) == (str,) and not isinstance(value, str):
@@ -102,14 +116,18 @@ def read_config_file(path: str | Path) -> list[tuple[str, object, int]]:
     """Return ``(key, value, line)`` for each assignment in a config file, without running any of it.
 
     Only ``name = literal`` lines (and comments and docstrings) are accepted; anything else raises ``ConfigError``
-    naming the file and line.
+    naming the file and line. The file must be a regular file of UTF-8 text of at most ``MAX_CONFIG_BYTES`` (64 KiB).
     """
     path = Path(path)
-    source = _read_text(path, "config file")
+    source = _read_text(path, "config file", MAX_CONFIG_BYTES)
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as e:
-        raise ConfigError(f"{path}, line {e.lineno}: not valid Python syntax ({e.msg})") from None
+        where = f"{path}, line {e.lineno}" if e.lineno else str(path)
+        raise ConfigError(f"{where}: not valid Python syntax ({e.msg})") from None
+    except (MemoryError, RecursionError, ValueError):  # nested too deeply for the parser; a NUL character
+        message = "not a config file Python can parse (nested too deeply, or a NUL character)"
+        raise ConfigError(f"{path}: {message}") from None
     assignments = []
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
@@ -120,7 +138,7 @@ def read_config_file(path: str | Path) -> list[tuple[str, object, int]]:
                               f"(config files are read, never run)")
         try:
             value = ast.literal_eval(node.value)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError):
             raise ConfigError(f"{path}, line {node.lineno}: the value of {node.targets[0].id} must be a literal "
                               f"(a number, string, True/False or None), not an expression") from None
         assignments.append((node.targets[0].id, value, node.lineno))
@@ -136,7 +154,7 @@ def apply_overrides(config: SampleConfig, argv: list[str], log=print) -> SampleC
     for arg in argv:
         if not arg.startswith("--"):
             if arg.startswith("-") or "=" in arg:
-                raise ConfigError(f"argument {arg!r}: settings are written --key=value")
+                raise ConfigError(f"argument {shown(arg)}: settings are written --key=value")
             for key, value, line in read_config_file(arg):
                 value = check_value(config, key, value, f"{arg}, line {line}")
                 log(f"Overriding: {key} = {value}")
@@ -144,8 +162,8 @@ def apply_overrides(config: SampleConfig, argv: list[str], log=print) -> SampleC
             continue
         key, sep, text = arg[2:].partition("=")  # partition: the value itself may contain "="
         if not sep:
-            raise ConfigError(f"argument {arg!r}: settings are written --key=value")
-        value = check_value(config, key, parse_value(text, config, key), f"argument {arg!r}")
+            raise ConfigError(f"argument {shown(arg)}: settings are written --key=value")
+        value = check_value(config, key, parse_value(text, config, key), f"argument {shown(arg)}")
         log(f"Overriding: {key} = {value}")
         setattr(config, key, value)
     validate(config)
@@ -153,35 +171,41 @@ def apply_overrides(config: SampleConfig, argv: list[str], log=print) -> SampleC
 
 
 def validate(config: SampleConfig) -> None:
-    """Raise ``ConfigError`` for settings of the right type but an impossible value."""
+    """Raise ``ConfigError`` for a setting of the wrong type or an impossible value (sizes included)."""
+    for f in fields(config):  # a SampleConfig made in code has not been through check_value yet
+        check_value(config, f.name, getattr(config, f.name), "SampleConfig")
     if config.num_samples < 1:
         raise ConfigError(f"num_samples must be at least 1, got {config.num_samples}")
     if config.max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens must be >= 0, got {config.max_new_tokens}")
+    for key in ("num_samples", "max_new_tokens"):
+        if getattr(config, key) > MAX_COUNT:
+            raise ConfigError(f"{key} must be at most {MAX_COUNT:,}, got {shown(getattr(config, key))}")
     try:  # the sampling settings' ranges are checked where they are used, in nanogpt_edu.sampling
         check_sampling_args(config.temperature, config.top_k, config.top_p, config.min_p)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if config.dtype not in DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {shown(config.dtype)}")
+    check_seed(config.seed)
+    if len(config.start.encode("utf-8")) > MAX_PROMPT_BYTES:
+        raise ConfigError(f"start: the prompt has more than the limit of {MAX_PROMPT_BYTES:,} bytes")
 
 
 def resolve_start(start: str) -> str:
-    """Return the prompt: ``start`` itself, or the contents of the file named by ``FILE:path``."""
+    """Return the prompt: ``start`` itself, or the contents of the file named by ``FILE:path``.
+
+    A prompt file must be a regular file of UTF-8 text of at most ``MAX_PROMPT_BYTES`` (1 MiB).
+    """
     if not start.startswith("FILE:"):
         return start
-    return _read_text(Path(start[len("FILE:"):]), "start: prompt file")
+    return _read_text(Path(start[len("FILE:"):]), "start: prompt file", MAX_PROMPT_BYTES)
 
 
-def _read_text(path: Path, what: str) -> str:
+def _read_text(path: Path, what: str, limit: int) -> str:
     # what the user named is a file of theirs: say which, and why it cannot be read, in one line
+    data = read_bounded(path, limit, what, ConfigError)
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a directory") from None
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{what} {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise ConfigError(f"{what} {path} cannot be read: {e.strerror}") from None

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import NanogptEduError, shown
+
 PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 
 
-class DeviceError(ValueError):
-    """A device that was asked for but is not available here."""
+class DeviceError(NanogptEduError):
+    """A device that is unknown or not available here, or a seed or dtype ``setup_torch`` cannot use."""
 
 
 @dataclass
@@ -35,27 +38,46 @@ def _mps_available() -> bool:
 
 def pick_device(device: str = "auto") -> tuple[str, str]:
     """Return ``(device, reason)``: ``auto`` picks cuda, then mps, then cpu; a named device must exist."""
+    if not isinstance(device, str):
+        raise DeviceError(f"device must be a string such as 'auto' or 'cpu', got {shown(device)}")
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda", "a CUDA GPU is available"
         if _mps_available():
             return "mps", "no CUDA GPU, but Apple's Metal (mps) is available"
         return "cpu", "no CUDA GPU or Apple mps found"
-    kind = device.split(":")[0]
+    try:
+        parsed = torch.device(device)  # torch's own reading of the string: "cpu:abc" and " cpu" are refused
+    except (RuntimeError, ValueError):
+        parsed = None
+    kind, index = (parsed.type, parsed.index) if parsed is not None else (None, None)
+    if kind not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unknown device {shown(device)}; use auto, cpu, cuda, cuda:N or mps")
     if kind == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device={device!r} was asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
                           f"use --device=cpu or --device=auto")
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise DeviceError(f"device={device!r} was asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                          f"GPU(s), numbered from 0")
     if kind == "mps" and not _mps_available():
         raise DeviceError(f"device={device!r} was asked for, but Apple's mps is not available here; use --device=cpu")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     return device, "as asked"
+
+
+def check_seed(seed: int) -> None:
+    """Raise ``DeviceError`` unless ``seed`` is a whole number ``torch.manual_seed`` accepts."""
+    if type(seed) is not int or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise DeviceError(f"seed must be a whole number from -2**63 to 2**64-1 (what torch.manual_seed accepts), "
+                          f"got {shown(seed)}")
 
 
 def setup_torch(seed: int = 1337, device: str = "auto", dtype: str = "bfloat16") -> TorchSetup:
     """Seed torch, choose the device, turn on TF32 on CUDA, and return the autocast context for forward passes."""
-    torch.manual_seed(seed)
+    check_seed(seed)
+    if not isinstance(dtype, str) or dtype not in PT_DTYPES:
+        raise DeviceError(f"dtype must be one of {', '.join(PT_DTYPES)}, got {shown(dtype)}")
     device, reason = pick_device(device)
+    torch.manual_seed(seed)
     device_type = device.split(":")[0]
     if device_type == "cuda":
         torch.cuda.manual_seed(seed)

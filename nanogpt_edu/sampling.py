@@ -100,6 +100,12 @@ def _sample(logits, temperature, top_k, top_p, min_p, generator) -> torch.Tensor
         raise ValueError("the logits contain NaN: the model's forward pass went wrong (check its weights and dtype)")
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
+    if temperature < 1:
+        top = logits.amax(dim=-1)
+        if (torch.isinf(top / temperature) & torch.isfinite(top)).any():
+            # so small a temperature that the top score overflows float: softmax would give NaN, and the
+            # distribution it tends to as the temperature falls to 0 puts everything on the argmax: greedy
+            return torch.argmax(logits, dim=-1, keepdim=True)
     logits = logits / temperature
     if top_k is not None:
         logits = top_k_mask(logits, top_k)
@@ -240,7 +246,7 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
     temperature: a finite number >= 0 (0 is greedy); top_k: a whole number >= 1; top_p: in (0, 1]; min_p: in
     [0, 1]; ``None`` turns a filter off.
     """
-    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
+    if not _is_number(temperature) or not _is_finite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), got {top_k!r}")
@@ -252,6 +258,13 @@ def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p) -> torch.Tensor:
