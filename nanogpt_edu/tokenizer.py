@@ -3,16 +3,17 @@
 ``tiktoken.get_encoding("gpt2")`` normally downloads two files (``vocab.bpe`` and ``encoder.json``) the first time
 it runs. This package ships both files, byte for byte, and offers two ways to use them without a network:
 
-* ``get_encoding()`` builds the encoding straight from the shipped files;
+* ``get_encoding()`` builds the encoding straight from the shipped files (it never touches tiktoken's cache);
 * ``install_tiktoken_cache()`` (run when ``nanogpt_edu`` is imported) copies them into tiktoken's cache folder
   under the names tiktoken looks for, so the unchanged line from sample.py, ``tiktoken.get_encoding("gpt2")``,
-  works too.
+  works too. Where that folder cannot be written, it hands tiktoken the encoding built here instead.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -20,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+import tiktoken.registry
 from tiktoken_ext.openai_public import r50k_pat_str
 
 EOT = "<|endoftext|>"
@@ -55,48 +56,74 @@ def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
     """
     if name != "gpt2":
         raise ValueError(f"only the 'gpt2' encoding ships with nanogpt_edu, not {name!r}")
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(bpe_file("vocab.bpe")),
-        encoder_json_file=str(bpe_file("encoder.json")),
-        vocab_bpe_hash=GPT2_FILES["vocab.bpe"][1],
-        encoder_json_hash=GPT2_FILES["encoder.json"][1],
-    )
     return tiktoken.Encoding(
         name="gpt2",
         explicit_n_vocab=N_VOCAB,
         pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
+        mergeable_ranks=_mergeable_ranks(),
         special_tokens={EOT: EOT_ID},
     )
 
 
-def tiktoken_cache_dir() -> Path:
-    """Return the folder tiktoken reads its downloads from (the same rule tiktoken itself follows)."""
+def _mergeable_ranks() -> dict[bytes, int]:
+    # encoder.json maps each token, spelled in "data gym" characters, to its id. That spelling writes each of
+    # the 188 printable bytes as itself and the other 68 as the characters from chr(256) on, in byte order.
+    # (tiktoken's data_gym_to_mergeable_bpe_ranks gives the same ranks, but goes through its download cache.)
+    data = bpe_file("encoder.json").read_bytes()
+    if hashlib.sha256(data).hexdigest() != GPT2_FILES["encoder.json"][1]:
+        raise RuntimeError(f"{bpe_file('encoder.json')} is damaged (wrong sha256): reinstall nanogpt_edu")
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    byte_of = {chr(b): b for b in printable}
+    byte_of.update({chr(256 + n): b for n, b in enumerate(b for b in range(256) if b not in printable)})
+    return {bytes(byte_of[c] for c in token): rank for token, rank in json.loads(data).items() if token != EOT}
+
+
+def tiktoken_cache_dir() -> Path | None:
+    """Return the folder tiktoken reads its downloads from (the same rule tiktoken itself follows).
+
+    None when ``TIKTOKEN_CACHE_DIR`` (or ``DATA_GYM_CACHE_DIR``) is set to the empty string: tiktoken's way to
+    turn its cache off.
+    """
     for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
         if var in os.environ:
-            return Path(os.environ[var])
+            return Path(os.environ[var]) if os.environ[var] else None
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
 def install_tiktoken_cache() -> bool:
     """Copy the shipped BPE files into tiktoken's cache so ``tiktoken.get_encoding("gpt2")`` works offline.
 
-    Returns True when both files are in place afterwards. A cache folder that cannot be written is not an error
-    (``get_encoding()`` still works); it just returns False.
+    Returns True when both files are in place afterwards (a copy whose contents are wrong is replaced). A cache
+    that is turned off or cannot be written is not an error: tiktoken is handed the encoding ``get_encoding()``
+    builds, so its ``get_encoding("gpt2")`` still works offline, and this returns False.
     """
     cache = tiktoken_cache_dir()
     try:
-        for filename, (url, _sha256) in GPT2_FILES.items():
+        if cache is None:
+            raise PermissionError("tiktoken's cache is turned off")
+        for filename, (url, sha256) in GPT2_FILES.items():
             target = cache / hashlib.sha1(url.encode()).hexdigest()
-            if not target.exists():
+            if not _holds(target, bpe_file(filename), sha256):
                 cache.mkdir(parents=True, exist_ok=True)
                 # copy to a temporary name first so a concurrent reader never sees half a file
-                tmp = target.with_suffix(f".{os.getpid()}.tmp")
+                tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
                 shutil.copyfile(bpe_file(filename), tmp)
                 os.replace(tmp, target)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path tiktoken could not use either (e.g. a NUL byte)
+        # tiktoken looks in this dict before it looks for files: the encoding built here answers offline
+        tiktoken.registry.ENCODINGS.setdefault("gpt2", get_encoding())
         return False
     return True
+
+
+def _holds(path: Path, source: Path, sha256: str) -> bool:
+    # a file left by an interrupted or corrupted download would make tiktoken fetch it again: check its contents
+    # (the size first, so that a huge file there is never read)
+    try:
+        return (path.is_file() and path.stat().st_size == source.stat().st_size
+                and hashlib.sha256(path.read_bytes()).hexdigest() == sha256)
+    except OSError:
+        return False
 
 
 def encode(text: str, enc: tiktoken.Encoding | None = None) -> list[int]:
