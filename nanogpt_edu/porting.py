@@ -22,6 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .errors import NanogptEduError, shown
+from .limits import MAX_CONFIG_BYTES, check_memory, check_model_dims, read_bounded
 from .model import GPT, LAYER_NORM_EPS, GPTConfig
 from .tokenizer import EOT_ID, N_VOCAB
 
@@ -41,49 +43,51 @@ IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 HF_WEIGHTS = "model.safetensors"
 HF_CONFIG = "config.json"
+HUB_TIMEOUT = 5.0  # seconds to wait for the Hub to answer one request before giving up
 
 
-class PortingError(ValueError):
+class PortingError(NanogptEduError):
     """A state dict or folder that cannot be ported; the message names the key or file and what was wrong."""
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(NanogptEduError):
     """GPT-2 weights that are neither on this machine nor downloadable right now."""
 
 
 def gpt2_config(name: str) -> GPTConfig:
     """Return the ``GPTConfig`` of one of the four GPT-2 sizes."""
-    if name not in GPT2_DIMS:
-        raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {', '.join(GPT2_DIMS)}")
+    if not isinstance(name, str) or name not in GPT2_DIMS:
+        raise PortingError(f"unknown GPT-2 size {shown(name)}; choose one of {', '.join(GPT2_DIMS)}")
     return GPTConfig(vocab_size=N_VOCAB, block_size=1024, bias=True, **GPT2_DIMS[name])
 
 
-def config_from_hf(hf_config: Mapping) -> GPTConfig:
-    """Return the ``GPTConfig`` described by a Hugging Face GPT-2 ``config.json`` (as a dict)."""
+def config_from_hf(hf_config: Mapping, source: str | Path = HF_CONFIG) -> GPTConfig:
+    """Return the ``GPTConfig`` described by a Hugging Face GPT-2 ``config.json`` (as a dict).
+
+    Every value is checked (types, ranges, what our GPT implements) before anything is built; a problem raises
+    ``PortingError`` naming ``source`` (the file the dict came from) and the key.
+    """
+    if not isinstance(hf_config, Mapping):
+        raise PortingError(f"{source} must hold a JSON object, not a {type(hf_config).__name__}")
     if hf_config.get("model_type", "gpt2") != "gpt2":
-        raise PortingError(f"config.json describes a {hf_config['model_type']!r} model, not a GPT-2")
-    n_embd = hf_config.get("n_embd", 768)
-    if hf_config.get("n_inner") not in (None, 4 * n_embd):
-        raise PortingError(f"config.json sets n_inner={hf_config['n_inner']}; our MLP is always 4 * n_embd wide")
+        raise PortingError(f"{source} describes a {shown(hf_config['model_type'])} model, not a GPT-2")
+    dims = dict(block_size=hf_config.get("n_positions", 1024), vocab_size=hf_config.get("vocab_size", N_VOCAB),
+                n_layer=hf_config.get("n_layer", 12), n_head=hf_config.get("n_head", 12),
+                n_embd=hf_config.get("n_embd", 768))
+    check_model_dims(dims, str(source), PortingError)
+    if hf_config.get("n_inner") not in (None, 4 * dims["n_embd"]):
+        raise PortingError(f"{source} sets n_inner={shown(hf_config['n_inner'])}; our MLP is always 4 * n_embd wide")
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
         if hf_config.get(flag):
-            raise PortingError(f"config.json sets {flag}=true, which our GPT does not implement")
+            raise PortingError(f"{source} sets {flag}={shown(hf_config[flag])}, which our GPT does not implement")
     if not hf_config.get("tie_word_embeddings", True):
-        raise PortingError("config.json sets tie_word_embeddings=false; our GPT always ties the head to wte")
+        raise PortingError(f"{source} sets tie_word_embeddings=false; our GPT always ties the head to wte")
     activation = hf_config.get("activation_function", "gelu_new")
     gelus = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
-    if activation not in gelus:
-        raise PortingError(f"config.json uses activation_function={activation!r}; supported: {', '.join(gelus)}")
-    return GPTConfig(
-        block_size=hf_config.get("n_positions", 1024),
-        vocab_size=hf_config.get("vocab_size", N_VOCAB),
-        n_layer=hf_config.get("n_layer", 12),
-        n_head=hf_config.get("n_head", 12),
-        n_embd=n_embd,
-        dropout=0.0,  # we port for inference; dropout would only add noise
-        bias=True,
-        gelu=gelus[activation],
-    )
+    if not isinstance(activation, str) or activation not in gelus:
+        raise PortingError(f"{source} uses activation_function={shown(activation)}; supported: {', '.join(gelus)}")
+    # dropout=0: we port for inference, where dropout would only add noise
+    return GPTConfig(**dims, dropout=0.0, bias=True, gelu=gelus[activation])
 
 
 def config_to_hf(config: GPTConfig) -> dict:
@@ -204,29 +208,49 @@ def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GP
     """
     folder = Path(folder)
     for filename in (HF_CONFIG, HF_WEIGHTS):
-        if not (folder / filename).is_file():
+        if not (folder / filename).exists():
             raise PortingError(f"{folder} has no {filename}; a Hugging Face GPT-2 folder needs config.json and {HF_WEIGHTS}")
-    try:
-        hf_config = json.loads((folder / HF_CONFIG).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PortingError(f"{folder / HF_CONFIG} is not valid JSON: {e}") from None
-    config = config_from_hf(hf_config)
+    config = read_hf_config(folder / HF_CONFIG)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise PortingError(f"dtype must be a floating-point torch dtype, got {shown(dtype)}")
+    check_memory(config, str(folder / HF_CONFIG), PortingError, dtype.itemsize)
     weights = folder / HF_WEIGHTS
+    if not weights.is_file():
+        raise PortingError(f"{weights} is not a regular file")
     try:
         with safe_open(weights, framework="pt") as f:
             plan = _port_plan(f.keys(), lambda k: f.get_slice(k).get_shape(), config)
             model = _empty_model(config, dtype)
             _copy_into(model, plan, f.get_tensor, weights)
-    except SafetensorError as e:
-        raise PortingError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    except (SafetensorError, OSError) as e:
+        raise PortingError(f"{weights} is not a readable safetensors file ({_first_line(e)})") from None
     return model.eval()
+
+
+def read_hf_config(path: str | Path) -> GPTConfig:
+    """Return the ``GPTConfig`` of a Hugging Face ``config.json`` file (at most 64 KiB of JSON; see ``config_from_hf``)."""
+    data = read_bounded(path, MAX_CONFIG_BYTES, "config file", PortingError)
+    try:
+        hf_config = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deeply, a 5000-digit number
+        raise PortingError(f"{path} is not valid JSON: {_first_line(e)}") from None
+    return config_from_hf(hf_config, path)
+
+
+def _first_line(error: BaseException) -> str:
+    # libraries' messages may be empty or run over several lines; an error line of ours quotes one line
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _empty_model(config: GPTConfig, dtype: torch.dtype) -> GPT:
     # built on the meta device (no memory, no random init), then given real but unfilled memory once
     with torch.device("meta"):
         model = GPT(config).to(dtype)
-    model.to_empty(device="cpu")
+    try:
+        model.to_empty(device="cpu")
+    except (RuntimeError, MemoryError):  # the memory check estimates; the allocator has the last word
+        raise PortingError(f"not enough memory for a model of {model.get_num_params(False):,} parameters") from None
     model.lm_head.weight = model.transformer.wte.weight  # keep the tie whatever to_empty did with it
     return model
 
@@ -239,9 +263,12 @@ def _copy_into(model: GPT, plan: list[tuple[str, str, bool]], read: Callable[[st
     # never sits on top of an almost full model
     for hf_key, key, transpose in sorted(plan, key=lambda step: -params[step[1]].numel()):
         tensor = read(hf_key)
-        if tensor.is_floating_point() and not _all_finite(tensor):
-            raise PortingError(f"{source}: tensor {hf_key!r} holds NaN or infinite values")
+        if not tensor.is_floating_point():
+            raise PortingError(f"{source}: tensor {hf_key!r} has dtype {tensor.dtype}, not a floating-point type")
         params[key].copy_(tensor.t() if transpose else tensor)  # converts the file's dtype too
+        # checked after the conversion: a float64 1e300 is finite in the file but infinite in float32
+        if not _all_finite(params[key]):
+            raise PortingError(f"{source}: tensor {hf_key!r} holds NaN or infinite values")
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -255,11 +282,25 @@ def hub_repo_ids(name: str) -> tuple[str, ...]:
     return (f"openai-community/{name}", name)
 
 
-def _find_in_hf_cache(name: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
+def _huggingface_hub():
+    # huggingface_hub reads its HF_* environment variables on import, and a bad one (HF_HUB_ETAG_TIMEOUT=abc)
+    # makes the import itself fail
+    try:
+        import huggingface_hub
+        import huggingface_hub.constants  # where the environment is read (the package imports lazily)
+    except Exception as e:
+        raise ModelNotAvailableError(f"huggingface_hub cannot start ({_first_line(e)}): check the HF_* environment "
+                                     "variables") from None
+    return huggingface_hub
 
+
+def _find_in_hf_cache(name: str) -> Path | None:
+    hub = _huggingface_hub()
     for repo_id in hub_repo_ids(name):
-        found = [try_to_load_from_cache(repo_id, f) for f in (HF_CONFIG, HF_WEIGHTS)]
+        try:
+            found = [hub.try_to_load_from_cache(repo_id, f) for f in (HF_CONFIG, HF_WEIGHTS)]
+        except (OSError, ValueError):  # a damaged cache counts as an empty one
+            continue
         if all(isinstance(p, str) for p in found):
             return Path(found[0]).parent
     return None
@@ -271,10 +312,17 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
     if constants.HF_HUB_OFFLINE:
         return False
-    url = urllib.parse.urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError:
+        url = urllib.parse.urlparse(constants.ENDPOINT)
+        port = url.port or (80 if url.scheme == "http" else 443)  # .port raises ValueError when out of range
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("not an http(s) URL")
+    except ValueError as e:
+        raise ModelNotAvailableError(f"HF_ENDPOINT={shown(constants.ENDPOINT)} is not a URL the Hub can be reached "
+                                     f"at ({e})") from None
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except (OSError, ValueError):  # ValueError: a host name that cannot be encoded
         return False
     return True
 
@@ -282,25 +330,32 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def download_gpt2(name: str) -> Path:
     """Return a local folder holding GPT-2 ``name`` in Hugging Face format: from the cache, else from the Hub.
 
-    Raises ``ModelNotAvailableError`` at once, with what to do, when it is not cached and the Hub is out of reach.
+    Raises ``ModelNotAvailableError`` with what to do, at once when it is not cached and the Hub is out of reach,
+    and within seconds when the Hub does not answer (``HUB_TIMEOUT``, or ``HF_HUB_ETAG_TIMEOUT`` when set) or
+    answers with an error.
     """
-    if name not in GPT2_DIMS:
-        raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {', '.join(GPT2_DIMS)}")
+    if not isinstance(name, str) or name not in GPT2_DIMS:
+        raise PortingError(f"unknown GPT-2 size {shown(name)}; choose one of {', '.join(GPT2_DIMS)}")
+    hub = _huggingface_hub()
     cached = _find_in_hf_cache(name)
     if cached is not None:
         return cached
     repo_id = hub_repo_ids(name)[0]
+    missing = f"{name} is not in the Hugging Face cache ({hub.constants.HF_HUB_CACHE})"
+    advice = (f"on a machine with network run `hf download {repo_id} {HF_CONFIG} {HF_WEIGHTS}` "
+              f"(or use init_from='pocket', which ships with nanogpt_edu)")
     if not _hub_reachable():
-        from huggingface_hub import constants
-
-        raise ModelNotAvailableError(
-            f"{name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be reached; "
-            f"on a machine with network run `hf download {repo_id} {HF_CONFIG} {HF_WEIGHTS}` "
-            f"(or use init_from='pocket', which ships with nanogpt_edu)"
-        )
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(repo_id, allow_patterns=[HF_CONFIG, HF_WEIGHTS]))
+        raise ModelNotAvailableError(f"{missing} and the Hub cannot be reached; {advice}")
+    timeout = hub.constants.HF_HUB_ETAG_TIMEOUT if "HF_HUB_ETAG_TIMEOUT" in os.environ else HUB_TIMEOUT
+    try:
+        # huggingface_hub's own client waits forever by default: every request here carries a timeout
+        revision = hub.HfApi().model_info(repo_id, timeout=timeout).sha
+        for filename in (HF_CONFIG, HF_WEIGHTS):
+            path = hub.hf_hub_download(repo_id, filename, revision=revision, etag_timeout=timeout)
+    except Exception as e:  # HTTP errors, timeouts, a full disk, an unwritable cache: all say the same to the user
+        raise ModelNotAvailableError(f"{missing} and downloading it from {hub.constants.ENDPOINT} failed "
+                                     f"({type(e).__name__}: {_first_line(e)}); {advice}") from None
+    return Path(path).parent
 
 
 def from_pretrained(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> GPT:
@@ -309,13 +364,15 @@ def from_pretrained(name_or_path: str | Path, dtype: torch.dtype = torch.float32
     ``name_or_path`` is a GPT-2 size (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``: found in the Hugging
     Face cache, or downloaded when online) or a local folder written by ``save_pretrained``.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise PortingError(f"name_or_path must be a GPT-2 size or a folder, got {shown(name_or_path)}")
     if str(name_or_path) in GPT2_DIMS and not os.path.isdir(name_or_path):
         folder = download_gpt2(str(name_or_path))
     elif os.path.isdir(name_or_path):
         folder = Path(name_or_path)
     else:
         raise PortingError(
-            f"{name_or_path!r} is neither a GPT-2 size ({', '.join(GPT2_DIMS)}) nor a folder holding "
+            f"{shown(str(name_or_path))} is neither a GPT-2 size ({', '.join(GPT2_DIMS)}) nor a folder holding "
             f"{HF_CONFIG} and {HF_WEIGHTS}"
         )
     return load_hf_folder(folder, dtype=dtype)
