@@ -20,7 +20,8 @@ sampling_explorer(model, ["Hello, my name is", "ROMEO:", "The king"])"""
 # what only the explorer's stored output holds: the name of its in-browser arithmetic
 EXPLORER_MARK = "filtered_distribution(sorted_logits"
 # a page fetches something when a script or stylesheet points at another host, or a module imports from one
-NETWORK_LOAD = re.compile(r'<script\b[^>]*\bsrc="(?:https?:)?//|<link\b[^>]*\bhref="(?:https?:)?//|import\(\s*"https?://')
+NETWORK_LOAD = re.compile(r'<script\b[^>]*\bsrc="(?:https?:)?//|<link\b[^>]*\bhref="(?:https?:)?//'
+                          r'|import\(\s*"https?://')
 
 
 def figure_count(path: Path) -> int:
