@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -118,6 +119,8 @@ def read_config_file(path: str | Path) -> list[tuple[str, object, int]]:
     Only ``name = literal`` lines (and comments and docstrings) are accepted; anything else raises ``ConfigError``
     naming the file and line. The file must be a regular file of UTF-8 text of at most ``MAX_CONFIG_BYTES`` (64 KiB).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"a config file must be named by a path, got {shown(path)}")
     path = Path(path)
     source = _read_text(path, "config file", MAX_CONFIG_BYTES)
     try:
@@ -150,6 +153,8 @@ def apply_overrides(config: SampleConfig, argv: list[str], log=print) -> SampleC
 
     Each change is reported as nanoGPT does, ``Overriding: key = value``, through ``log``.
     """
+    if not isinstance(config, SampleConfig) or isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
+        raise ConfigError(f"apply_overrides takes a SampleConfig and a list of strings, got {shown(argv)}")
     config = dataclasses.replace(config)
     for arg in argv:
         if not arg.startswith("--"):
@@ -197,6 +202,8 @@ def resolve_start(start: str) -> str:
 
     A prompt file must be a regular file of UTF-8 text of at most ``MAX_PROMPT_BYTES`` (1 MiB).
     """
+    if not isinstance(start, str):
+        raise ConfigError(f"start must be str, got {shown(start)}")
     if not start.startswith("FILE:"):
         return start
     return _read_text(Path(start[len("FILE:"):]), "start: prompt file", MAX_PROMPT_BYTES)

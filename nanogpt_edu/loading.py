@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
@@ -79,12 +80,13 @@ def find_source(init_from: str = "pocket", out_dir: str | Path = "out") -> Model
         return ModelSource("pocket", pocket_dir())
     if init_from == "resume":  # nanoGPT's word for "the checkpoint train.py left in out_dir"
         return ModelSource("nanogpt", Path(out_dir))
+    # os.path's tests, not pathlib's: they answer False where pathlib raises (a name too long, a NUL character)
     path = Path(init_from)
-    if init_from in GPT2_DIMS and not path.is_dir():
+    if init_from in GPT2_DIMS and not os.path.isdir(path):
         return ModelSource("gpt2", init_from)
-    if (path / CKPT).exists():
+    if os.path.exists(path / CKPT):
         return ModelSource("nanogpt", path)
-    if (path / HF_CONFIG).exists():
+    if os.path.exists(path / HF_CONFIG):
         return ModelSource("hf_folder", path)
     raise LoadError(
         f"init_from={shown(str(init_from))}: not 'pocket', 'resume', a GPT-2 size ({', '.join(GPT2_DIMS)}), "
@@ -122,6 +124,8 @@ def load_nanogpt_checkpoint(folder: str | Path) -> GPT:
     ``model_args`` are checked (types, ranges, memory) before the model is built; every weight is checked (name,
     shape, floating point, no NaN or infinity) before or as it is copied.
     """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise LoadError(f"folder must be a path, got {shown(folder)}")
     path = Path(folder) / CKPT
     config, state = _read_checkpoint(path)
     model = _empty_model(config, torch.float32)
@@ -131,15 +135,17 @@ def load_nanogpt_checkpoint(folder: str | Path) -> GPT:
 
 def _read_checkpoint(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     # the checkpoint's model config and its model weights (memory-mapped: not read yet), every entry checked
-    if not path.exists():
+    if not os.path.exists(path):
         raise LoadError(f"init_from='resume' looks for {path}, which does not exist (set --out_dir)")
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise LoadError(f"{path} is not a regular file")
     _check_archive(path)
     try:
         # weights_only: tensors and plain containers only, so a checkpoint cannot run code while it loads;
         # mmap: tensors stay in the file until copied, so the optimizer state train.py saves costs nothing
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # odd contents make torch warn (deprecated storages...): the error says it
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
         raise LoadError(f"{path} could not be loaded as a nanoGPT checkpoint: {_first_line(e)}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model_args"), dict) \
@@ -190,9 +196,9 @@ def _checked_weights(weights: dict, config: GPTConfig, path: Path) -> dict[str, 
             continue  # the causal mask nanoGPT keeps as a buffer on torch < 2.0: rebuilt, not loaded
         if name not in expected:
             raise LoadError(f"{path}: unexpected weight {shown(key)} (no such parameter in this model)")
-        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided or not tensor.is_floating_point():
-            what = f"a {tensor.dtype} tensor" if isinstance(tensor, torch.Tensor) else f"a {type(tensor).__name__}"
-            raise LoadError(f"{path}: weight {shown(key)} is {what}, not a dense floating-point tensor")
+        problem = _tensor_problem(tensor)
+        if problem:
+            raise LoadError(f"{path}: weight {shown(key)} is {problem}, not a dense floating-point tensor with data")
         if tensor.shape != expected[name]:
             raise LoadError(f"{path}: weight {shown(key)} has shape {tuple(tensor.shape)}, its model_args give "
                             f"{tuple(expected[name])}")
@@ -203,6 +209,19 @@ def _checked_weights(weights: dict, config: GPTConfig, path: Path) -> dict[str, 
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise LoadError(f"{path}: the weight {missing[0]!r}{more} is missing")
     return state
+
+
+def _tensor_problem(tensor) -> str | None:
+    # what makes a value unusable as a weight, in a few words, or None
+    if not isinstance(tensor, torch.Tensor):
+        return f"a {type(tensor).__name__}"
+    if tensor.layout != torch.strided:
+        return f"a {tensor.layout} tensor"
+    if tensor.device.type != "cpu":  # a tensor saved from the meta device holds no numbers
+        return f"a tensor on the {tensor.device.type} device"
+    if not tensor.is_floating_point():
+        return f"a {tensor.dtype} tensor"
+    return None
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -221,7 +240,7 @@ def codec_from(source: ModelSource, vocab_size: int | None = None) -> Codec:
     if vocab_size is None:
         vocab_size = _vocab_size_of(source)
     meta_path = Path(source.location) / META if source.kind == "nanogpt" else None
-    if meta_path is not None and meta_path.exists():
+    if meta_path is not None and os.path.lexists(meta_path):
         return _char_codec(meta_path, vocab_size)
     if vocab_size < N_VOCAB:
         where = meta_path.parent / CKPT if meta_path is not None else source.location

@@ -206,16 +206,18 @@ def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GP
     and copied into its parameter (the Conv1D weights transposed on the way), so loading holds the weights about
     once, plus one tensor. Any tensor holding NaN or infinity is refused, by name.
     """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise PortingError(f"folder must be a path, got {shown(folder)}")
     folder = Path(folder)
     for filename in (HF_CONFIG, HF_WEIGHTS):
-        if not (folder / filename).exists():
+        if not os.path.lexists(folder / filename):
             raise PortingError(f"{folder} has no {filename}; a Hugging Face GPT-2 folder needs config.json and {HF_WEIGHTS}")
     config = read_hf_config(folder / HF_CONFIG)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise PortingError(f"dtype must be a floating-point torch dtype, got {shown(dtype)}")
     check_memory(config, str(folder / HF_CONFIG), PortingError, dtype.itemsize)
     weights = folder / HF_WEIGHTS
-    if not weights.is_file():
+    if not os.path.isfile(weights):
         raise PortingError(f"{weights} is not a regular file")
     try:
         with safe_open(weights, framework="pt") as f:

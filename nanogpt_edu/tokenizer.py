@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import os
 import shutil
 import tempfile
@@ -23,6 +24,8 @@ from pathlib import Path
 import tiktoken
 import tiktoken.registry
 from tiktoken_ext.openai_public import r50k_pat_str
+
+from .errors import NanogptEduError, shown
 
 EOT = "<|endoftext|>"
 N_VOCAB = 50257  # 256 byte tokens + 50,000 merges + <|endoftext|>
@@ -128,9 +131,22 @@ def _holds(path: Path, source: Path, sha256: str) -> bool:
 
 def encode(text: str, enc: tiktoken.Encoding | None = None) -> list[int]:
     """Return the token ids of ``text``, as sample.py encodes: ``<|endoftext|>`` in the text becomes id 50256."""
+    if not isinstance(text, str):
+        raise NanogptEduError(f"encode takes text (a str), got {shown(text)}")
     return (enc or get_encoding()).encode(text, allowed_special={EOT})
 
 
 def decode(ids: list[int], enc: tiktoken.Encoding | None = None) -> str:
-    """Return the text of token ids (bytes that do not form valid UTF-8 become U+FFFD, as in tiktoken)."""
-    return (enc or get_encoding()).decode(list(ids))
+    """Return the text of token ids (bytes that do not form valid UTF-8 become U+FFFD, as in tiktoken).
+
+    Every id must be a whole number below the encoding's ``n_vocab``; otherwise ``NanogptEduError`` names it.
+    """
+    enc = enc or get_encoding()
+    try:
+        ids = [operator.index(i) for i in ids]  # ints, numpy ints and integer tensors alike
+    except TypeError:
+        raise NanogptEduError(f"decode takes token ids (whole numbers), got {shown(ids)}") from None
+    for i in ids:
+        if not 0 <= i < enc.n_vocab:
+            raise NanogptEduError(f"token id {shown(i)} is not in the vocabulary (0 to {enc.n_vocab - 1})")
+    return enc.decode(ids)
