@@ -1,0 +1,954 @@
+"""Hostile input, table-driven: every bad flag, file, size, environment and direct call gets one clear line.
+
+The promise tested here, case by case: the command line exits 2 with exactly one line on stderr, ``error: ...``
+(the API raises ``NanogptEduError``, one line), there is no traceback, no code from the input runs (no canary file
+appears), nothing large is allocated (each case runs under an address-space limit and its peak memory is
+measured), and it ends in seconds. Every hostile file is made here, from code; sparse files stand in for huge ones.
+
+To keep about a hundred cases fast, most run in a fork server: one Python process imports nanogpt_edu once, then
+forks a child per case, which sets its limits and runs ``nanogpt_edu.sample.main(argv)`` (or an API call) as the
+command line would. Cases about the environment and the output streams (what the interpreter does at start-up
+and exit) run as fresh ``python -m nanogpt_edu.sample`` processes.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import pickle
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import NO_NETWORK_PRELUDE
+from nanogpt_edu.model import GPT, GPTConfig
+from nanogpt_edu.porting import save_hf_folder
+
+MEMORY_LIMIT = 3 << 30  # address space of each case's process (torch alone maps about 0.7 GiB)
+GROWTH_LIMIT = 300 << 20  # how far a failing case's peak resident memory may grow above the fork server's
+TIME_LIMIT = 20  # seconds: a case that takes longer has hung
+CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+TINY = dict(n_layer=1, n_head=2, n_embd=8, block_size=16, bias=False, vocab_size=len(CHARS), dropout=0.0)
+CANARY = "CANARY"  # the file every code-running payload tries to create in its case's folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Valid files to start from, and small writers for hostile ones
+
+
+def tiny_state(args=TINY, seed=0) -> dict:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**args, gelu="exact")).state_dict()
+
+
+def write_run(folder: Path, model_args=None, model=None, meta="valid", extra=None, checkpoint=None) -> Path:
+    """Write a nanoGPT out_dir (ckpt.pt + meta.pkl, as train.py and prepare.py do), with any part replaced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    args = dict(TINY) if model_args is None else model_args
+    state = tiny_state() if model is None else model
+    if checkpoint is None:
+        checkpoint = {"model": state, "model_args": args, "iter_num": 10, "config": {"dataset": "shakespeare_char"},
+                      **(extra or {})}
+    torch.save(checkpoint, folder / "ckpt.pt")
+    if meta == "valid":
+        stoi = {c: i for i, c in enumerate(CHARS)}
+        meta = {"vocab_size": len(CHARS), "stoi": stoi, "itos": {i: c for c, i in stoi.items()}}
+    if meta is not None:
+        (folder / "meta.pkl").write_bytes(meta if isinstance(meta, bytes) else pickle.dumps(meta))
+    return folder
+
+
+def write_meta(folder: Path, meta) -> Path:
+    write_run(folder, meta=meta)
+    return folder
+
+
+def write_hf(folder: Path, vocab=64, **config_changes) -> Path:
+    """Write a tiny Hugging Face GPT-2 folder; ``config_changes`` overwrite keys of its config.json afterwards."""
+    torch.manual_seed(0)
+    save_hf_folder(GPT(GPTConfig(block_size=16, vocab_size=vocab, n_layer=1, n_head=2, n_embd=8)), folder)
+    if config_changes:
+        config = json.loads((folder / "config.json").read_text())
+        config.update(config_changes)
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def write_hf_with_file(folder: Path, name: str, content) -> Path:
+    """A tiny Hugging Face folder with ``name`` replaced by ``content`` (bytes, or a function of the path)."""
+    write_hf(folder)
+    path = folder / name
+    path.unlink()
+    content(path) if callable(content) else path.write_bytes(content)
+    return folder
+
+
+def sparse(path: Path, size: int) -> Path:
+    """A file that claims ``size`` bytes and takes no disk space (what a huge file looks like to a reader)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def symlink(target: str):
+    return lambda path: path.symlink_to(target)
+
+
+class RunsCode:
+    """Unpickling this creates the canary file: what every pickle payload here tries."""
+
+    def __init__(self, folder: Path):
+        self.path = str(folder / CANARY)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def huge_bytes_pickle() -> bytes:
+    # BINBYTES8 claiming 2**40 bytes, followed by almost nothing: a reader that allocates first asks for a TiB
+    return b"\x80\x04" + b"\x8e" + (1 << 40).to_bytes(8, "little") + b"abc"
+
+
+def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+def replace_tensor(folder: Path, key: str, tensor: torch.Tensor) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    write_hf(folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors[key] = tensor
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def with_state(change) -> dict:
+    state = tiny_state()
+    change(state)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The table. A CLI case builds argv in its own folder ``d``; an API case is code run with ``d`` defined.
+# ``expect`` is a regular expression the one line must match.
+
+
+@dataclass
+class Case:
+    name: str
+    kind: str  # "cli" or "api"
+    build: object  # d -> argv (cli) or d -> code string (api)
+    expect: str
+    size: bool = False  # a size case: its message must say so, and its memory is measured
+
+
+def cli(name, build, expect, size=False):
+    return Case(name, "cli", build, expect, size)
+
+
+def resume(folder: Path) -> list[str]:
+    return ["--init_from=resume", f"--out_dir={folder}"]
+
+
+def api(name, code, expect, size=False, prepare=None):
+    """An API case: ``code`` runs with HERE standing for its folder, after ``prepare(folder)`` made the files."""
+    def build(d):
+        if prepare is not None:
+            prepare(d)
+        return code.replace("HERE", repr(str(d)))
+
+    return Case(name, "api", build, expect, size)
+
+
+BIG = r"(more than the limit|needs about .* of memory)"
+
+CASES = [
+    # --- the command line's flag values
+    cli("seed beyond 64 bits", lambda d: ["--seed=18446744073709551616"], r"seed must be a whole number from -2\*\*63"),
+    cli("seed below -2**63", lambda d: ["--seed=-9223372036854775809"], "seed must be a whole number"),
+    cli("seed a float", lambda d: ["--seed=1.5"], "seed must be int, got 1.5"),
+    cli("device cpu:abc", lambda d: ["--device=cpu:abc"], "unknown device 'cpu:abc'"),
+    cli("device with a space", lambda d: ["--device= cpu"], "unknown device ' cpu'"),
+    cli("device meta", lambda d: ["--device=meta"], "unknown device 'meta'"),
+    cli("device empty", lambda d: ["--device="], "unknown device ''"),
+    cli("device cuda:x", lambda d: ["--device=cuda:x"], "unknown device 'cuda:x'"),
+    cli("temperature a 400-digit int", lambda d: ["--temperature=1" + "0" * 400], "temperature is too large for a float"),
+    cli("temperature infinite", lambda d: ["--temperature=1e999"], "temperature must be a finite number"),
+    cli("temperature nan text", lambda d: ["--temperature=nan"], "temperature must be float, got 'nan'"),
+    cli("top_p a word", lambda d: ["--top_p=half"], "top_p must be float or None"),
+    cli("lone surrogate in start", lambda d: ["--start=a\udcffb"], "start is not valid text"),
+    cli("lone surrogate in device", lambda d: ["--device=\udcff"], "device is not valid text"),
+    cli("max_new_tokens 10**12", lambda d: ["--max_new_tokens=1000000000000"], "max_new_tokens must be at most",
+        size=True),
+    cli("num_samples 10**12", lambda d: ["--num_samples=1000000000000"], "num_samples must be at most", size=True),
+    cli("init_from empty", lambda d: ["--init_from="], "init_from must be a model name or a folder"),
+    cli("init_from with a newline", lambda d: ["--init_from=a\nb"], r"init_from='a\\nb'"),
+    cli("compile an int", lambda d: ["--compile=1"], "compile must be bool, got 1"),
+    cli("init_from a name too long", lambda d: ["--init_from=" + "x" * 5000], r"init_from='xxx.*\.\.\..*': not 'pocket'"),
+    cli("out_dir a name too long", lambda d: ["--init_from=resume", "--out_dir=" + "x" * 5000], "which does not exist"),
+    cli("prompt file a name too long", lambda d: ["--start=FILE:" + "x" * 5000], "cannot be read: File name too long"),
+    cli("a 5000-digit seed", lambda d: ["--seed=" + "7" * 5000], r"seed must be int, got '7777.*\.\.\."),
+    # --- config files
+    cli("config /dev/zero", lambda d: ["/dev/zero"], "config file /dev/zero is not a regular file"),
+    cli("config a FIFO", lambda d: [str(fifo(d / "c.py"))], "is not a regular file"),
+    cli("config a directory", lambda d: [str(d)], "is a directory"),
+    cli("config 1 GiB sparse", lambda d: [str(sparse(d / "c.py", 1 << 30))], BIG, size=True),
+    cli("config 1 byte over the limit", lambda d: [str(sparse(d / "c.py", (64 << 10) + 1))], BIG, size=True),
+    cli("config unary chain", lambda d: [write(d / "c.py", "seed = " + "-" * 60_000 + "1")],
+        "not a config file Python can parse"),
+    cli("config addition chain", lambda d: [write(d / "c.py", "seed = 1" + "+1" * 30_000)],
+        "not a config file Python can parse"),
+    cli("config nested brackets", lambda d: [write(d / "c.py", "seed = " + "[" * 60_000)], "not valid Python syntax"),
+    cli("config NUL byte", lambda d: [write(d / "c.py", "seed = 1\0\n")],
+        r"c\.py: not (valid Python syntax|a config file Python can parse)"),
+    cli("config calls os.system", lambda d: [write(d / "c.py", f"seed = __import__('os').system('touch {d / CANARY}')")],
+        "the value of seed must be a literal"),
+    cli("config imports", lambda d: [write(d / "c.py", f"import os\nos.system('touch {d / CANARY}')\n")],
+        "only 'name = value' settings are allowed"),
+    cli("config 5000-digit literal", lambda d: [write(d / "c.py", "seed = " + "9" * 5000)],
+        "not valid Python syntax|not a config file Python can parse"),
+    cli("config long list value", lambda d: [write(d / "c.py", "start = [" + "1," * 30_000 + "]")],
+        r"start must be str, got \[1, 1, 1, 1, \.\.\.\]"),
+    # --- prompt files
+    cli("prompt /dev/zero", lambda d: ["--start=FILE:/dev/zero"], "prompt file /dev/zero is not a regular file"),
+    cli("prompt /dev/urandom", lambda d: ["--start=FILE:/dev/urandom"], "is not a regular file"),
+    cli("prompt a FIFO", lambda d: [f"--start=FILE:{fifo(d / 'p.txt')}"], "is not a regular file"),
+    cli("prompt 1 GiB sparse", lambda d: [f"--start=FILE:{sparse(d / 'p.txt', 1 << 30)}"], BIG, size=True),
+    cli("prompt 1 byte over the limit", lambda d: [f"--start=FILE:{sparse(d / 'p.txt', (1 << 20) + 1)}"], BIG,
+        size=True),
+    cli("prompt a directory", lambda d: [f"--start=FILE:{d}"], "is a directory"),
+    cli("prompt /proc/self/mem", lambda d: ["--start=FILE:/proc/self/mem"], "cannot be read"),
+    cli("prompt symlink to /dev/zero", lambda d: [f"--start=FILE:{link(d / 'p.txt', '/dev/zero')}"],
+        "is not a regular file"),
+    # --- nanoGPT checkpoints (ckpt.pt)
+    cli("ckpt empty", lambda d: resume(write_run(d) and empty(d / "ckpt.pt")), "not a readable zip archive"),
+    cli("ckpt random bytes", lambda d: resume(write_run(d) and put(d / "ckpt.pt", os.urandom(3000))),
+        "not a readable zip archive"),
+    cli("ckpt truncated", lambda d: resume(truncate(write_run(d) / "ckpt.pt", 0.5)), "ckpt.pt"),
+    cli("ckpt the old format", lambda d: resume(old_format(d)), "not a readable zip archive"),
+    cli("ckpt a directory", lambda d: resume(mkdir(d / "ckpt.pt")), "ckpt.pt is not a regular file"),
+    cli("ckpt a FIFO", lambda d: resume(fifo(d / "ckpt.pt").parent), "ckpt.pt is not a regular file"),
+    cli("ckpt -> /dev/zero", lambda d: resume(link(d / "ckpt.pt", "/dev/zero").parent), "is not a regular file"),
+    cli("ckpt a list", lambda d: resume(write_run(d, checkpoint=[1, 2])), "is not a nanoGPT checkpoint"),
+    cli("ckpt model a list", lambda d: resume(write_run(d, model=[1])), "is not a nanoGPT checkpoint"),
+    cli("ckpt without model_args", lambda d: resume(write_run(d, checkpoint={"model": tiny_state()})),
+        "is not a nanoGPT checkpoint"),
+    cli("ckpt n_layer 10**6", lambda d: resume(write_run(d, {**TINY, "n_layer": 10**6})),
+        "n_layer=1,000,000 is more than the limit", size=True),
+    cli("ckpt block_size 10**9", lambda d: resume(write_run(d, {**TINY, "block_size": 10**9})), BIG, size=True),
+    cli("ckpt vocab_size 10**12", lambda d: resume(write_run(d, {**TINY, "vocab_size": 10**12})), BIG, size=True),
+    cli("ckpt a TiB of layers", lambda d: resume(write_run(d, {**TINY, "n_layer": 64, "n_embd": 65536})), BIG,
+        size=True),
+    cli("ckpt n_embd not divisible", lambda d: resume(write_run(d, {**TINY, "n_head": 3})),
+        r"n_embd \(8\) must be divisible by n_head \(3\)"),
+    cli("ckpt n_head 0", lambda d: resume(write_run(d, {**TINY, "n_head": 0})), "n_head must be a whole number >= 1"),
+    cli("ckpt dropout 5", lambda d: resume(write_run(d, {**TINY, "dropout": 5})), r"dropout must be a number in \[0, 1\)"),
+    cli("ckpt n_layer a string", lambda d: resume(write_run(d, {**TINY, "n_layer": "1"})), "n_layer must be a whole"),
+    cli("ckpt n_layer a float", lambda d: resume(write_run(d, {**TINY, "n_layer": 1.0})), "n_layer must be a whole"),
+    cli("ckpt n_layer True", lambda d: resume(write_run(d, {**TINY, "n_layer": True})), "n_layer must be a whole"),
+    cli("ckpt bias a string", lambda d: resume(write_run(d, {**TINY, "bias": "no"})), "bias must be True or False"),
+    cli("ckpt a NaN weight", lambda d: resume(write_run(d, model=with_state(lambda s: s["transformer.h.0.ln_1.weight"].__setitem__(0, float("nan"))))),
+        r"tensor 'transformer\.h\.0\.ln_1\.weight' holds NaN or infinite values"),
+    cli("ckpt an infinite weight", lambda d: resume(write_run(d, model=with_state(lambda s: s["transformer.wte.weight"].__setitem__((0, 0), float("inf"))))),
+        r"'transformer\.wte\.weight' holds NaN or infinite"),
+    cli("ckpt a float64 weight too big for float32", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__("transformer.wpe.weight", torch.full((16, 8), 1e300, dtype=torch.float64))))),
+        r"'transformer\.wpe\.weight' holds NaN or infinite"),
+    cli("ckpt a weight that is a list", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__("transformer.wpe.weight", [1.0])))),
+        r"weight 'transformer\.wpe\.weight' is a list, not a dense floating-point tensor"),
+    cli("ckpt an int weight", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__("transformer.wpe.weight", torch.zeros(16, 8, dtype=torch.long))))),
+        "is a torch.int64 tensor"),
+    cli("ckpt a weight from the meta device", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__("transformer.wpe.weight", torch.empty(16, 8, device="meta"))))),
+        "is a tensor on the meta device"),
+    cli("ckpt a sparse weight", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__("transformer.wpe.weight", torch.zeros(16, 8).to_sparse())))),
+        "is a torch.sparse_coo tensor"),
+    cli("ckpt a complex weight", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__("transformer.wpe.weight", torch.zeros(16, 8, dtype=torch.complex64))))),
+        "is a torch.complex64 tensor"),
+    cli("ckpt a weight of the wrong shape", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__("transformer.wpe.weight", torch.zeros(99, 8))))),
+        r"has shape \(99, 8\), its model_args give \(16, 8\)"),
+    cli("ckpt a missing weight", lambda d: resume(write_run(d, model=with_state(lambda s: s.pop("transformer.ln_f.weight")))),
+        r"the weight 'transformer\.ln_f\.weight' is missing"),
+    cli("ckpt an unexpected weight", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__("transformer.h.7.x", torch.zeros(1))))),
+        r"unexpected weight 'transformer\.h\.7\.x'"),
+    cli("ckpt a weight key not a string", lambda d: resume(write_run(d, model=with_state(lambda s: s.__setitem__(7, torch.zeros(1))))),
+        "a key that is not a string: 7"),
+    cli("ckpt runs code when unpickled", lambda d: resume(write_run(d, extra={"x": RunsCode(d)})),
+        "could not be loaded as a nanoGPT checkpoint"),
+    cli("ckpt pickled part over the limit", lambda d: resume(write_run(d, extra={"losses": list(range(1_500_000))})),
+        "its pickled structure has .* bytes, more than the limit", size=True),
+    # --- meta.pkl (a character-level run's vocabulary)
+    cli("meta runs code when unpickled", lambda d: resume(write_meta(d, pickle.dumps({"stoi": RunsCode(d), "itos": {}}))),
+        "only plain data is accepted"),
+    cli("meta empty", lambda d: resume(write_meta(d, b"")), r"meta\.pkl is not a nanoGPT vocabulary \(EOFError"),
+    cli("meta random bytes", lambda d: resume(write_meta(d, bytes(range(256)) * 4)), "is not a nanoGPT vocabulary"),
+    cli("meta truncated", lambda d: resume(write_meta(d, pickle.dumps({"stoi": {"a": 0}, "itos": {0: "a"}})[:-5])),
+        "is not a nanoGPT vocabulary"),
+    cli("meta a TiB of bytes claimed", lambda d: resume(write_meta(d, huge_bytes_pickle())),
+        "is not a nanoGPT vocabulary", size=True),
+    cli("meta a list", lambda d: resume(write_meta(d, [1, 2])), "it needs the dicts 'stoi' and 'itos'"),
+    cli("meta stoi a list", lambda d: resume(write_meta(d, {"stoi": [], "itos": {}})), "it needs the dicts"),
+    cli("meta itos keys strings", lambda d: resume(write_meta(d, {"stoi": {}, "itos": {str(i): c for i, c in enumerate(CHARS)}})),
+        "itos must map each id from 0 to"),
+    cli("meta itos too short", lambda d: resume(write_meta(d, {"stoi": {}, "itos": {0: "a"}})),
+        rf"vocab_size is {len(CHARS)}\), and it has 1 entries"),
+    cli("meta itos values ints", lambda d: resume(write_meta(d, {"stoi": {}, "itos": {i: i for i in range(len(CHARS))}})),
+        r"itos\[0\] is 0, not a string"),
+    cli("meta itos a lone surrogate", lambda d: resume(write_meta(d, {"stoi": {}, "itos": {i: "\udc80" for i in range(len(CHARS))}})),
+        "not a string of UTF-8 text"),
+    cli("meta stoi inconsistent", lambda d: resume(write_meta(d, {"stoi": {"a": 5}, "itos": dict(enumerate(CHARS))})),
+        r"stoi\['a'\] is 5, which does not match itos"),
+    cli("meta stoi out of range", lambda d: resume(write_meta(d, {"stoi": {"a": 10**30}, "itos": dict(enumerate(CHARS))})),
+        "which does not match itos"),
+    cli("meta nested 200k deep", lambda d: resume(write_meta(d, b"\x80\x04" + b"]" * 200_000 + b"a" * 199_999 + b".")),
+        "it needs the dicts 'stoi' and 'itos'"),
+    cli("meta 1 GiB sparse", lambda d: resume(write_run(d, meta=None) and sparse(d / "meta.pkl", 1 << 30).parent),
+        BIG, size=True),
+    cli("meta a FIFO", lambda d: resume(write_run(d, meta=None) and fifo(d / "meta.pkl").parent),
+        "is not a regular file"),
+    cli("meta a directory", lambda d: resume(write_run(d, meta=None) and mkdir(d / "meta.pkl")), "is a directory"),
+    cli("char model without meta.pkl", lambda d: resume(write_run(d, meta=None)),
+        rf"the model has {len(CHARS)} tokens, fewer than GPT-2's 50257, so it needs its own vocabulary"),
+    cli("prompt outside the vocabulary", lambda d: resume(write_run(d)) + ["--start=Zürich"],
+        "outside this model's vocabulary: 'ü'"),
+    # --- Hugging Face folders
+    cli("config.json -> /dev/zero", lambda d: ["--init_from=" + str(write_hf_with_file(d, "config.json", symlink("/dev/zero")))],
+        "config.json is not a regular file"),
+    cli("config.json not JSON", lambda d: ["--init_from=" + str(write_hf_with_file(d, "config.json", b"{nope"))],
+        "config.json is not valid JSON"),
+    cli("config.json not UTF-8", lambda d: ["--init_from=" + str(write_hf_with_file(d, "config.json", b'{"n_layer": "\xff"}'))],
+        "config.json is not valid JSON"),
+    cli("config.json a list", lambda d: ["--init_from=" + str(write_hf_with_file(d, "config.json", b"[1, 2]"))],
+        "config.json must hold a JSON object, not a list"),
+    cli("config.json nested 60k deep", lambda d: ["--init_from=" + str(write_hf_with_file(d, "config.json", b"[" * 60_000))],
+        "config.json is not valid JSON"),
+    cli("config.json a 5000-digit number", lambda d: ["--init_from=" + str(write_hf_with_file(d, "config.json", b'{"n_layer": ' + b"9" * 5000 + b"}"))],
+        "config.json is not valid JSON"),
+    cli("config.json 1 GiB sparse", lambda d: ["--init_from=" + str(write_hf_with_file(d, "config.json", lambda p: sparse(p, 1 << 30)))],
+        BIG, size=True),
+    cli("config.json n_layer 10**6", lambda d: ["--init_from=" + str(write_hf(d, n_layer=10**6))], "more than the limit of 1024",
+        size=True),
+    cli("config.json n_positions 10**9", lambda d: ["--init_from=" + str(write_hf(d, n_positions=10**9))], BIG, size=True),
+    cli("config.json vocab_size 10**12", lambda d: ["--init_from=" + str(write_hf(d, vocab_size=10**12))], BIG, size=True),
+    cli("config.json n_head 3", lambda d: ["--init_from=" + str(write_hf(d, n_head=3))], "must be divisible by n_head"),
+    cli("config.json n_head 0", lambda d: ["--init_from=" + str(write_hf(d, n_head=0))], "n_head must be a whole number"),
+    cli("config.json n_layer a string", lambda d: ["--init_from=" + str(write_hf(d, n_layer="1"))], "n_layer must be a whole"),
+    cli("config.json n_embd null", lambda d: ["--init_from=" + str(write_hf(d, n_embd=None))], "n_embd must be a whole"),
+    cli("config.json activation a list", lambda d: ["--init_from=" + str(write_hf(d, activation_function=[]))],
+        r"activation_function=\[\]"),
+    cli("config.json model_type a dict", lambda d: ["--init_from=" + str(write_hf(d, model_type={"a": 1}))],
+        "describes a {'a': 1} model"),
+    cli("safetensors a TiB claimed", lambda d: ["--init_from=" + str(write_hf_with_file(d, "model.safetensors", safetensors_bytes(
+        {"transformer.wte.weight": {"dtype": "F32", "shape": [1 << 38], "data_offsets": [0, 1 << 40]}})))],
+        "model.safetensors", size=True),
+    cli("safetensors reversed offsets", lambda d: ["--init_from=" + str(write_hf_with_file(d, "model.safetensors", safetensors_bytes(
+        {"transformer.wte.weight": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8)))],
+        "model.safetensors is not a readable safetensors file"),
+    cli("safetensors a FIFO", lambda d: ["--init_from=" + str(write_hf_with_file(d, "model.safetensors", fifo))],
+        "model.safetensors is not a regular file"),
+    cli("safetensors a NaN weight", lambda d: ["--init_from=" + str(replace_tensor(d, "transformer.wpe.weight", torch.full((16, 8), float("nan"))))],
+        r"'transformer\.wpe\.weight' holds NaN or infinite"),
+    cli("safetensors an int weight", lambda d: ["--init_from=" + str(replace_tensor(d, "transformer.wpe.weight", torch.zeros(16, 8, dtype=torch.int32)))],
+        "has dtype torch.int32, not a floating-point type"),
+    cli("safetensors float64 too big for float32", lambda d: ["--init_from=" + str(replace_tensor(d, "transformer.wpe.weight", torch.full((16, 8), 1e300, dtype=torch.float64)))],
+        "holds NaN or infinite"),
+    # --- direct calls of the public API (each must raise NanogptEduError with one line)
+    api("load_model of an int", "from nanogpt_edu import load_model; load_model(123)", "init_from must be a model name"),
+    api("load_model of None", "from nanogpt_edu import load_model; load_model(None)", "init_from must be a model name"),
+    api("load_model with a NUL", "from nanogpt_edu import load_model; load_model('a\\0b')", r"init_from='a\\x00b': not"),
+    api("load_codec of a char run without meta", "from nanogpt_edu.loading import load_codec; load_codec('resume', HERE)",
+        "fewer than GPT-2's 50257", prepare=lambda d: write_run(d, meta=None)),
+    api("from_pretrained of None", "from nanogpt_edu.porting import from_pretrained; from_pretrained(None)",
+        "name_or_path must be a GPT-2 size or a folder"),
+    api("load_hf_folder with an int dtype", "import torch; from nanogpt_edu.porting import load_hf_folder\n"
+        "load_hf_folder(HERE, dtype=torch.int64)", "dtype must be a floating-point torch dtype", prepare=write_hf),
+    api("config_from_hf of a list", "from nanogpt_edu.porting import config_from_hf; config_from_hf([])",
+        "must hold a JSON object"),
+    api("config_from_hf of 10**6 layers", "from nanogpt_edu.porting import config_from_hf; config_from_hf({'n_layer': 10**6})",
+        "more than the limit of 1024 layers"),
+    api("gpt2_config of a list", "from nanogpt_edu.porting import gpt2_config; gpt2_config([])", "unknown GPT-2 size"),
+    api("setup_torch seed 2**64", "from nanogpt_edu.devices import setup_torch; setup_torch(seed=2**64)",
+        "seed must be a whole number"),
+    api("setup_torch dtype bad", "from nanogpt_edu.devices import setup_torch; setup_torch(dtype='float8')",
+        "dtype must be one of"),
+    api("pick_device of an int", "from nanogpt_edu.devices import pick_device; pick_device(5)",
+        "device must be a string"),
+    api("resolve_start with a NUL", "from nanogpt_edu.config import resolve_start; resolve_start('FILE:a\\0b')",
+        "cannot be read"),
+    api("read_config_file of /dev/zero", "from nanogpt_edu.config import read_config_file; read_config_file('/dev/zero')",
+        "is not a regular file"),
+    api("run with a 2**70 seed", "from nanogpt_edu.sample import run; from nanogpt_edu import SampleConfig\n"
+        "run(SampleConfig(seed=2**70))", "seed must be a whole number"),
+    api("run with num_samples a string", "from nanogpt_edu.sample import run; from nanogpt_edu import SampleConfig\n"
+        "run(SampleConfig(num_samples='3'))", "num_samples must be int"),
+    api("run with a 2 MiB prompt", "from nanogpt_edu.sample import run; from nanogpt_edu import SampleConfig\n"
+        "run(SampleConfig(start='x' * (2 << 20)))", "the prompt has more than the limit", size=True),
+    api("apply_overrides of a string", "from nanogpt_edu.config import apply_overrides; from nanogpt_edu import SampleConfig\n"
+        "apply_overrides(SampleConfig(), '--seed=1')", "takes a SampleConfig and a list of strings"),
+    api("apply_overrides of None items", "from nanogpt_edu.config import apply_overrides; from nanogpt_edu import SampleConfig\n"
+        "apply_overrides(SampleConfig(), [None])", "takes a SampleConfig and a list of strings"),
+    api("resolve_start of an int", "from nanogpt_edu.config import resolve_start; resolve_start(5)", "start must be str"),
+    api("read_config_file of None", "from nanogpt_edu.config import read_config_file; read_config_file(None)",
+        "a config file must be named by a path"),
+    api("load_nanogpt_checkpoint of None", "from nanogpt_edu.loading import load_nanogpt_checkpoint\n"
+        "load_nanogpt_checkpoint(None)", "folder must be a path"),
+    api("load_hf_folder of a list", "from nanogpt_edu.porting import load_hf_folder; load_hf_folder([])",
+        "folder must be a path"),
+    api("decode of an id past the vocabulary", "from nanogpt_edu.tokenizer import decode; decode([50300])",
+        r"token id 50300 is not in the vocabulary \(0 to 50256\)"),
+    api("decode of a huge id", "from nanogpt_edu.tokenizer import decode; decode([2**70])", "is not in the vocabulary"),
+    api("encode of bytes", "from nanogpt_edu.tokenizer import encode; encode(b'hi')", "encode takes text"),
+    api("check_value of a huge int temperature", "from nanogpt_edu.config import check_value; from nanogpt_edu import SampleConfig\n"
+        "check_value(SampleConfig(), 'temperature', 10**400, 'here')", "too large for a float"),
+]
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def put(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path.parent
+
+
+def empty(path: Path) -> Path:
+    return put(path, b"")
+
+
+def truncate(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    return put(path, data[: int(len(data) * fraction)])
+
+
+def mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path.parent
+
+
+def link(path: Path, target: str) -> Path:
+    path.symlink_to(target)
+    return path
+
+
+def old_format(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": tiny_state(), "model_args": TINY}, folder / "ckpt.pt", _use_new_zipfile_serialization=False)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fork server
+
+
+DRIVER = NO_NETWORK_PRELUDE + r"""
+import json, os, resource, signal, sys, time, traceback
+import nanogpt_edu.sample as sample
+from nanogpt_edu.errors import NanogptEduError
+# the imports every case would otherwise repeat: building a model on the meta device loads torch's reference
+# operations (about a second), loading a checkpoint its unpickler. No computation runs here, so no thread starts
+# that a fork could break.
+import torch, safetensors.torch, torch._weights_only_unpickler
+from nanogpt_edu.model import GPT, GPTConfig
+with torch.device("meta"):
+    GPT(GPTConfig(block_size=4, vocab_size=4, n_layer=1, n_head=1, n_embd=4))
+
+def run_case(case):
+    signal.alarm(TIME_LIMIT)  # a case that hangs is killed, and its status says so
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    os.chdir(case["dir"])
+    for fd, name in ((1, "out"), (2, "err")):
+        os.dup2(os.open(case[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    if "argv" in case:
+        return sample.main(case["argv"])
+    try:
+        exec(case["code"], {"__name__": "case"})
+    except NanogptEduError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"rss": rss}), flush=True)
+for line in sys.stdin:
+    case = json.loads(line)
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            code = run_case(case)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    _, status, usage = os.wait4(pid, 0)
+    print(json.dumps({"status": os.waitstatus_to_exitcode(status), "peak": usage.ru_maxrss * 1024,
+                      "seconds": time.monotonic() - start}), flush=True)
+""".replace("MEMORY_LIMIT", str(MEMORY_LIMIT)).replace("TIME_LIMIT", str(TIME_LIMIT))
+
+
+@dataclass
+class Outcome:
+    status: int
+    stderr: str
+    stdout: str
+    seconds: float
+    growth: int  # bytes of peak resident memory above the fork server's own
+    canary: bool
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, Outcome]:
+    """Run every case of the table in the fork server; return what each did."""
+    root = tmp_path_factory.mktemp("hostile")
+    specs = []
+    for i, case in enumerate(CASES):
+        d = root / f"case{i}"
+        d.mkdir()
+        built = case.build(d)
+        spec = {"dir": str(d), "out": str(root / f"{i}.out"), "err": str(root / f"{i}.err")}
+        if case.kind == "cli":
+            spec["argv"] = ["--max_new_tokens=2", "--num_samples=1", "--device=cpu", *built]
+        else:
+            spec["code"] = built
+        specs.append(spec)
+    server = subprocess.run([sys.executable, "-c", DRIVER], input="".join(json.dumps(s) + "\n" for s in specs),
+                            capture_output=True, text=True, timeout=TIME_LIMIT * len(specs))
+    assert server.returncode == 0, server.stderr
+    lines = [json.loads(line) for line in server.stdout.splitlines()]
+    base_rss, results = lines[0]["rss"], lines[1:]
+    assert len(results) == len(CASES), server.stderr
+    found = {}
+    for case, spec, result in zip(CASES, specs, results):
+        found[case.name] = Outcome(
+            status=result["status"], stderr=Path(spec["err"]).read_text(errors="replace"),
+            stdout=Path(spec["out"]).read_text(errors="replace"), seconds=result["seconds"],
+            growth=result["peak"] - base_rss, canary=any(Path(spec["dir"]).rglob(CANARY)))
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_input_gets_one_line(case, outcomes):
+    outcome = outcomes[case.name]
+    lines = outcome.stderr.splitlines()
+    assert "Traceback" not in outcome.stderr, outcome.stderr[-3000:]
+    assert outcome.status == 2, (outcome.status, outcome.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), outcome.stderr[-3000:]
+    assert re.search(case.expect, lines[0]), lines[0]
+    assert not outcome.canary, "code from the input ran"
+    assert outcome.seconds < TIME_LIMIT
+    assert outcome.growth < GROWTH_LIMIT, f"peak memory grew by {outcome.growth >> 20} MiB"
+
+
+def test_enough_distinct_hostile_cases():
+    assert len(CASES) >= 60 and len({c.name for c in CASES}) == len(CASES)
+    assert sum(c.size for c in CASES) >= 15
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cases that need a fresh process: the environment is read at start-up, and the output streams at exit. They run
+# three at a time (much of their time is waiting for a silent server) and are checked one by one.
+
+
+CLI = NO_NETWORK_PRELUDE + "import runpy; runpy.run_module('nanogpt_edu.sample', run_name='__main__')"
+SHORT = ["--max_new_tokens=3", "--num_samples=1", "--device=cpu", "--start=Hi"]
+
+
+def start_cli(args, env=None, stdout=subprocess.PIPE, close_stdout=False) -> subprocess.Popen:
+    """Start ``python -m nanogpt_edu.sample`` without network, under the memory limit."""
+    def limit():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+        if close_stdout:
+            os.close(1)
+
+    # one OpenMP thread: processes running side by side on a small machine do not spin against each other
+    return subprocess.Popen([sys.executable, "-c", CLI, *args], env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                            stdout=stdout, stderr=subprocess.PIPE, preexec_fn=limit)
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    seconds: float
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_error(404)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> dict[str, Finished]:
+    """Run every fresh-process case, a few at a time; return how each ended."""
+    blocker = tmp_path_factory.mktemp("fresh") / "a-file"
+    blocker.write_text("not a folder")  # a cache under a regular file: nobody, not even root, can write there
+    full = open("/dev/full", "w")
+    runs = {
+        "hub timeout setting not a number": (["--init_from=gpt2", *SHORT], {"HF_HUB_ETAG_TIMEOUT": "soon"}),
+        "tiktoken cache unwritable": (SHORT, {"TIKTOKEN_CACHE_DIR": str(blocker / "cache")}),
+        "full disk": (SHORT, {}, {"stdout": full}),
+        "stdout closed": (SHORT, {}, {"close_stdout": True}),
+    }
+
+    def finish(run) -> Finished:
+        start = time.monotonic()
+        process = start_cli(run[0], run[1], **(run[2] if len(run) > 2 else {}))
+        stdout, stderr = process.communicate(timeout=120)
+        return Finished(process.returncode, stdout or b"", stderr, time.monotonic() - start)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        finished = dict(zip(runs, pool.map(finish, runs.values())))
+    full.close()
+    return finished
+
+
+def assert_one_error_line(result: Finished, pattern: str) -> None:
+    stderr = result.stderr.decode(errors="replace")
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith("error: ") and re.search(pattern, stderr), stderr
+    assert result.seconds < TIME_LIMIT
+
+
+@pytest.fixture(scope="module")
+def hub_answering_404():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hub_never_answering():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # connections are accepted by the kernel, and nothing is ever sent back
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.mark.parametrize("endpoint, pattern", [
+    ("hub_answering_404", r"downloading it from http://127\.0\.0\.1:\d+ failed \(\w+: .*404 Not Found"),
+    # huggingface_hub's first request in a process (its agent-harness registry) waits up to 3 s, then ours up to
+    # HUB_TIMEOUT (5 s)
+    ("hub_never_answering", r"downloading it from http://127\.0\.0\.1:\d+ failed \(\w*Timeout"),
+    ("http://127.0.0.1:99999", r"HF_ENDPOINT='http://127\.0\.0\.1:99999' is not a URL .*Port out of range"),
+    ("not a url at all", "HF_ENDPOINT='not a url at all' is not a URL the Hub can be reached at"),
+    # notebook 05 stores this message: a machine with no network must still see exactly it
+    ("http://127.0.0.1:9", r"gpt2 is not in the Hugging Face cache \(.*\) and the Hub cannot be reached; on a "
+                           r"machine with network run `hf download openai-community/gpt2 config.json model.safetensors`"),
+])
+def test_a_hub_that_fails_is_one_line_within_seconds(endpoint, pattern, request, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from nanogpt_edu.sample import main
+
+    if endpoint.startswith("hub_"):
+        endpoint = request.getfixturevalue(endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)  # what HF_ENDPOINT sets when huggingface_hub starts
+    started = time.monotonic()
+    assert main(["--init_from=gpt2", *SHORT]) == 2
+    assert time.monotonic() - started < 15
+    stderr = capsys.readouterr().err
+    assert len(stderr.splitlines()) == 1 and re.search("^error: .*" + pattern, stderr), stderr
+    if "downloading" in pattern:
+        assert "hf download openai-community/gpt2" in stderr
+
+
+def test_a_bad_hub_setting_is_one_line(fresh):
+    assert_one_error_line(fresh["hub timeout setting not a number"], r"huggingface_hub cannot start \(invalid literal")
+
+
+def test_an_unwritable_tiktoken_cache_changes_nothing(fresh, tmp_path, capsys):
+    from nanogpt_edu.sample import main
+
+    result = fresh["tiktoken cache unwritable"]
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr
+    assert main(SHORT) == 0
+    assert result.stdout.decode() == capsys.readouterr().out  # the same samples as with a working cache
+    blocked = str(tmp_path / "a-file" / "cache")
+    (tmp_path / "a-file").write_text("not a folder")
+    seed_line = NO_NETWORK_PRELUDE + "import nanogpt_edu, tiktoken; print(tiktoken.get_encoding('gpt2').encode('Hello'))"
+    for value in (blocked, ""):  # "" is tiktoken's way of turning its cache off
+        line = subprocess.run([sys.executable, "-c", seed_line], env={**os.environ, "TIKTOKEN_CACHE_DIR": value},
+                              capture_output=True, text=True, timeout=60)
+        assert line.returncode == 0 and line.stdout.strip() == "[15496]", line.stderr
+
+
+def test_output_to_a_full_disk_is_one_line(fresh):
+    assert_one_error_line(fresh["full disk"], "^error: cannot write the samples: No space left on device$")
+
+
+def test_closed_stdout_is_one_line(fresh):
+    assert_one_error_line(fresh["stdout closed"], "^error: standard output is closed; nowhere to write the samples$")
+
+
+def test_output_to_a_closed_pipe_ends_quietly():
+    # what `python -m nanogpt_edu.sample | head -1` does: the reader leaves after its first line
+    process = start_cli(["--max_new_tokens=50", "--num_samples=20", "--device=cpu"])
+    process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    # at most the line saying which device runs: no error, no traceback, no "Exception ignored" at exit
+    assert not stderr or (len(stderr.splitlines()) == 1 and stderr.startswith("device cpu")), stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sizes and temperatures that are not errors
+
+
+def test_a_temperature_so_small_that_scores_overflow_is_greedy(capsys):
+    from nanogpt_edu.sample import main
+
+    def samples(temperature: str) -> list[str]:
+        assert main([*SHORT, "--max_new_tokens=8", f"--temperature={temperature}"]) == 0
+        return [line for line in capsys.readouterr().out.splitlines() if not line.startswith("Overriding")]
+
+    greedy = samples("0")
+    assert samples("1e-40") == greedy and samples("5e-324") == greedy
+
+
+def test_the_size_checks_accept_real_models():
+    from nanogpt_edu.limits import available_memory, model_memory, parameter_count
+    from nanogpt_edu.porting import gpt2_config
+
+    config = gpt2_config("gpt2")
+    assert parameter_count(config.n_layer, config.n_embd, config.block_size, config.vocab_size) == 124_439_808
+    assert 124_439_808 * 4 < model_memory(config) < 124_439_808 * 4 * 1.3  # the weights, and a little more
+    assert available_memory() is None or available_memory() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fuzzing: a valid meta.pkl, ckpt.pt, config.json and model.safetensors, mutated a few hundred times each (seeded).
+# Every outcome must be a load that works or NanogptEduError with one line; anything else is a failure to fix.
+
+FUZZ_ROUNDS = 300
+HOSTILE_VALUES = [None, True, 0, -1, 1.5, float("nan"), float("inf"), 10**6, 10**9, 10**12, 2**63, 2**64, -(2**70),
+                  "", "1", "\udc80", [], [1, 2], {}, {"a": 1}, b"\xff"]
+
+
+def _bytes_mutation(data: bytes, rng, region: tuple[int, int] | None = None) -> tuple[bytes, str]:
+    """Return ``data`` changed in one of several ways a damaged or crafted file is, and what was done."""
+    lo, hi = region or (0, len(data))
+    hi = max(hi, lo + 1)
+    at = rng.randrange(lo, hi)
+    kind = rng.choice(["flip", "byte", "truncate", "delete", "insert", "duplicate", "integer"])
+    if kind == "flip":
+        data = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            i = rng.randrange(lo, hi) % max(len(data), 1)
+            data[i] ^= 1 << rng.randrange(8)
+        return bytes(data), f"flip bits near {at}"
+    if kind == "byte":
+        value = rng.choice([0x00, 0xFF, 0x7F, 0x80, 0x01, rng.randrange(256)])
+        return data[:at] + bytes([value]) + data[at + 1:], f"byte {value:#x} at {at}"
+    if kind == "truncate":
+        return data[:at], f"truncate at {at}"
+    if kind == "delete":
+        n = rng.randint(1, 64)
+        return data[:at] + data[at + n:], f"delete {n} at {at}"
+    if kind == "insert":
+        n = rng.randint(1, 64)
+        return data[:at] + bytes(rng.randrange(256) for _ in range(n)) + data[at:], f"insert {n} at {at}"
+    if kind == "duplicate":
+        n = rng.randint(1, 256)
+        return data[:at] + data[at:at + n] * rng.randint(2, 4) + data[at:], f"duplicate {n} at {at}"
+    value = rng.choice([0, 1, 2**31 - 1, 2**32 - 1, 2**40, 2**63 - 1, 2**64 - 1, rng.getrandbits(64)])
+    return data[:at] + value.to_bytes(8, "little") + data[at + 8:], f"integer {value} at {at}"
+
+
+def _hostile(rng):
+    return rng.choice(HOSTILE_VALUES)
+
+
+def _fuzz_meta(folder: Path, rng, valid: bytes) -> str:
+    if rng.random() < 0.5:
+        data, what = _bytes_mutation(valid, rng)
+    else:
+        meta = pickle.loads(valid)
+        target = rng.choice(["stoi", "itos", "top"])
+        if target == "top":
+            key = rng.choice(["stoi", "itos", "vocab_size"])
+            meta[key] = _hostile(rng) if rng.random() < 0.8 else meta.pop(key, None)
+            what = f"meta[{key!r}] replaced"
+        else:
+            table = meta[target]
+            key = rng.choice(list(table))
+            if rng.random() < 0.5:
+                table[key] = _hostile(rng)
+            else:
+                new_key = _hostile(rng)
+                table[new_key if new_key.__hash__ is not None else "x"] = table.pop(key)
+            what = f"{target} entry {key!r} changed"
+        data = pickle.dumps(meta, protocol=rng.randrange(0, pickle.HIGHEST_PROTOCOL + 1))
+    (folder / "meta.pkl").write_bytes(data)
+    return what
+
+
+def _fuzz_checkpoint(folder: Path, rng, valid: bytes) -> str:
+    import zipfile
+
+    if rng.random() < 0.5:
+        with zipfile.ZipFile(folder / "valid.pt") as archive:
+            pkl = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+        region = rng.choice([(pkl.header_offset, pkl.header_offset + 60 + pkl.file_size), (len(valid) - 200, len(valid)),
+                             (0, len(valid))])  # the pickle, the zip directory, anywhere
+        data, what = _bytes_mutation(valid, rng, region)
+        (folder / "ckpt.pt").write_bytes(data)
+        return what
+    checkpoint = torch.load(folder / "valid.pt", weights_only=True)
+    if rng.random() < 0.5:
+        key = rng.choice(list(checkpoint["model_args"]))
+        checkpoint["model_args"][key] = _hostile(rng)
+        what = f"model_args[{key!r}] = {checkpoint['model_args'][key]!r}"
+    else:
+        key = rng.choice(list(checkpoint["model"]))
+        tensor = checkpoint["model"][key]
+        choice = rng.choice(["nan", "inf", "dtype", "shape", "value", "drop"])
+        changed = {"nan": lambda: tensor.clone().fill_(float("nan")), "inf": lambda: tensor.clone().fill_(-float("inf")),
+                   "dtype": lambda: tensor.to(rng.choice([torch.int64, torch.bool, torch.float16, torch.float64,
+                                                          torch.complex64])),
+                   "shape": lambda: tensor.reshape(-1)[: max(tensor.numel() - 1, 1)],
+                   "value": lambda: _hostile(rng), "drop": lambda: None}[choice]()
+        if changed is None:
+            del checkpoint["model"][key]
+        else:
+            checkpoint["model"][key] = changed
+        what = f"model[{key!r}]: {choice}"
+    torch.save(checkpoint, folder / "ckpt.pt")
+    return what
+
+
+def _fuzz_config_json(folder: Path, rng, valid: bytes) -> str:
+    if rng.random() < 0.4:
+        data, what = _bytes_mutation(valid, rng)
+    else:
+        config = json.loads(valid)
+        key = rng.choice(["n_layer", "n_head", "n_embd", "n_positions", "vocab_size", "n_inner", "model_type",
+                          "activation_function", "tie_word_embeddings", "add_cross_attention", "bogus"])
+        value = _hostile(rng)
+        config[key] = value if not isinstance(value, bytes) else value.decode("latin-1")
+        what = f"config[{key!r}] = {config[key]!r}"
+        data = json.dumps(config).encode()
+    (folder / "config.json").write_bytes(data)
+    return what
+
+
+def _fuzz_safetensors(folder: Path, rng, valid: bytes) -> str:
+    header_end = 8 + int.from_bytes(valid[:8], "little")
+    if rng.random() < 0.5:
+        region = rng.choice([(0, header_end), (header_end, len(valid)), (0, len(valid))])
+        data, what = _bytes_mutation(valid, rng, region)
+    else:
+        header = json.loads(valid[8:header_end])
+        key = rng.choice([k for k in header if k != "__metadata__"])
+        field = rng.choice(["dtype", "shape", "data_offsets"])
+        entry = header[key]
+        if field == "dtype":
+            entry["dtype"] = rng.choice(["F64", "F16", "BF16", "I64", "U8", "BOOL", "X9", 5, None])
+        elif field == "shape":
+            entry["shape"] = rng.choice([[], [0], [2**40], [-1], [1, 2**62], "x", entry["shape"][::-1]])
+        else:
+            a, b = entry["data_offsets"]
+            entry["data_offsets"] = rng.choice([[b, a], [a, b + 4], [a - 4, b], [0, 2**40], [-8, b], [a, a], "x"])
+        what = f"{key}.{field} = {entry[field]!r}"
+        raw = json.dumps(header).encode()
+        data = len(raw).to_bytes(8, "little") + raw + valid[header_end:]
+    (folder / "model.safetensors").write_bytes(data)
+    return what
+
+
+FUZZ = {  # what to mutate, how, and which public call must load it or refuse it
+    "meta.pkl": (_fuzz_meta, "meta.pkl", lambda f: __import__("nanogpt_edu").loading.load("resume", f)),
+    "ckpt.pt": (_fuzz_checkpoint, "valid.pt", lambda f: __import__("nanogpt_edu").loading.load("resume", f)),
+    "config.json": (_fuzz_config_json, "config.json", lambda f: __import__("nanogpt_edu").loading.load(str(f))),
+    "model.safetensors": (_fuzz_safetensors, "model.safetensors",
+                          lambda f: __import__("nanogpt_edu").loading.load(str(f))),
+}
+
+
+def fuzz(target: str, folder: str, seed: int, rounds: int) -> dict:
+    """Mutate ``target`` ``rounds`` times in ``folder`` and load it each time; return the tally and any failures."""
+    import random
+    import signal
+    import traceback
+
+    import nanogpt_edu.loading  # noqa: F401  (FUZZ's loaders reach it through the package)
+    from nanogpt_edu.errors import NanogptEduError
+
+    mutate, valid_name, load = FUZZ[target]
+    folder = Path(folder)
+    if target in ("meta.pkl", "ckpt.pt"):
+        write_run(folder)
+        (folder / "valid.pt").write_bytes((folder / "ckpt.pt").read_bytes())
+    else:
+        write_hf(folder, vocab=50257)  # GPT-2's vocabulary, so that its tokenizer fits and load() can succeed
+    valid = (folder / valid_name).read_bytes()
+    rng = random.Random(seed)
+    tally, failures = {"loaded": 0, "refused": 0}, []
+    for round_ in range(rounds):
+        if target in ("meta.pkl", "ckpt.pt"):  # each round starts from the valid files
+            (folder / "ckpt.pt").write_bytes((folder / "valid.pt").read_bytes())
+        what = mutate(folder, rng, valid)
+        signal.alarm(TIME_LIMIT)  # a round that hangs kills the process, and the test says which round
+        print(f"round {round_}: {what}", file=sys.stderr, flush=True)
+        try:
+            load(folder)
+            tally["loaded"] += 1
+        except NanogptEduError as e:
+            tally["refused"] += 1
+            if "\n" in str(e):
+                failures.append(f"round {round_} ({what}): a message of several lines: {str(e)!r}")
+        except BaseException as e:  # noqa: B902  (exactly what must not happen)
+            failures.append(f"round {round_} ({what}): {type(e).__name__}: {e} | "
+                            f"{traceback.format_exc().strip().splitlines()[-3]}")
+        signal.alarm(0)
+    return {"tally": tally, "failures": failures}
+
+
+@pytest.mark.parametrize("target", list(FUZZ))
+def test_fuzzed_files_load_or_raise_the_one_error(target, tmp_path):
+    code = (NO_NETWORK_PRELUDE + "import json, resource, sys\n"
+            f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT}))\n"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "import test_hostile\n"
+            f"print(json.dumps(test_hostile.fuzz({target!r}, {str(tmp_path)!r}, seed=17, rounds={FUZZ_ROUNDS})))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]  # a crash or a hang: the last "round" line says where
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["failures"] == [], "\n".join(report["failures"][:20])
+    assert sum(report["tally"].values()) == FUZZ_ROUNDS
+    assert report["tally"]["loaded"] > 0 and report["tally"]["refused"] > FUZZ_ROUNDS // 4, report["tally"]
