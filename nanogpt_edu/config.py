@@ -192,7 +192,10 @@ def validate(config: SampleConfig) -> None:
         raise ConfigError(str(e)) from None
     if config.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {shown(config.dtype)}")
-    check_seed(config.seed)
+    try:  # as torch.manual_seed accepts it, checked where the seed is used, in nanogpt_edu.devices
+        check_seed(config.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if len(config.start.encode("utf-8")) > MAX_PROMPT_BYTES:
         raise ConfigError(f"start: the prompt has more than the limit of {MAX_PROMPT_BYTES:,} bytes")
 

@@ -76,3 +76,30 @@ def test_read_config_file_gives_lines(tmp_path):
     path = tmp_path / "c.py"
     path.write_text("\n\nseed = 7\n")
     assert read_config_file(path) == [("seed", 7, 3)]
+
+
+def test_files_are_read_only_up_to_their_limit_and_only_if_regular(tmp_path):
+    from nanogpt_edu.limits import MAX_CONFIG_BYTES, MAX_PROMPT_BYTES
+
+    (tmp_path / "big.py").write_text("seed = 1\n" + "#" * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError, match=r"big\.py has 65,545 bytes, more than the limit of 65,536"):
+        read_config_file(tmp_path / "big.py")
+    (tmp_path / "prompt.txt").write_text("a" * MAX_PROMPT_BYTES)
+    assert len(resolve_start(f"FILE:{tmp_path / 'prompt.txt'}")) == MAX_PROMPT_BYTES  # the limit itself is fine
+    with pytest.raises(ConfigError, match="prompt file /dev/zero is not a regular file"):
+        resolve_start("FILE:/dev/zero")
+
+
+def test_bytes_that_are_not_utf8_on_the_command_line_are_refused():
+    # Python keeps such bytes as lone surrogates; as a prompt they would reach the tokenizer and the terminal
+    with pytest.raises(ConfigError, match=r"argument '--start=\\udcff': start is not valid text"):
+        overrides("--start=\udcff")
+
+
+def test_counts_and_seed_have_upper_limits():
+    with pytest.raises(ConfigError, match="max_new_tokens must be at most 1,000,000"):
+        overrides("--max_new_tokens=1000001")
+    with pytest.raises(ConfigError, match=r"seed must be a whole number from -2\*\*63 to 2\*\*64-1"):
+        overrides(f"--seed={2**64}")
+    config, _ = overrides(f"--seed={2**64 - 1}", "--max_new_tokens=1000000")
+    assert config.seed == 2**64 - 1

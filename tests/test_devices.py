@@ -23,3 +23,19 @@ def test_seed_makes_draws_repeatable():
 
 def test_explicit_cpu_is_respected():
     assert pick_device("cpu") == ("cpu", "as asked")
+
+
+def test_devices_are_read_as_torch_reads_them():
+    import pytest
+
+    from nanogpt_edu.devices import DeviceError, check_seed
+
+    assert pick_device("cpu:0") == ("cpu:0", "as asked")
+    for bad in ("cpu:abc", " cpu", "meta", "", "tpu"):
+        with pytest.raises(DeviceError, match="unknown device"):
+            pick_device(bad)
+    check_seed(-(2**63))
+    check_seed(2**64 - 1)
+    for bad in (2**64, -(2**63) - 1, 1.0, True, "1"):
+        with pytest.raises(DeviceError, match="seed must be a whole number"):
+            check_seed(bad)

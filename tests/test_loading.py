@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from nanogpt_edu.loading import LoadError, load_codec, load_model
+from nanogpt_edu.loading import LoadError, load, load_codec, load_model
 from nanogpt_edu.model import GPT, GPTConfig
 from nanogpt_edu.sample import main
 
@@ -93,3 +93,45 @@ def test_gpt2_bpe_codec_by_default():
     codec = load_codec("pocket")
     assert codec.encode("Hello, my name is") == [15496, 11, 616, 1438, 318]
     assert codec.eot == 50256
+
+
+def test_a_bpe_checkpoint_padded_to_50304_tokens_decodes_the_padding_as_replacement(tmp_path):
+    # nanoGPT trains GPT-2-vocabulary models with vocab_size=50304 and writes no meta.pkl
+    out = tmp_path / "out"
+    out.mkdir()
+    args = dict(n_layer=1, n_head=2, n_embd=8, block_size=16, bias=True, vocab_size=50304, dropout=0.0)
+    torch.save({"model": GPT(GPTConfig(**args)).state_dict(), "model_args": args}, out / "ckpt.pt")
+    model, codec = load("resume", out)
+    assert model.config.vocab_size == 50304 and codec.eot == 50256
+    assert codec.decode(codec.encode("Hello") + [50300]) == "Hello\ufffd"
+    assert codec.decode_bytes(50300) == "\ufffd".encode()
+
+
+def test_a_char_checkpoint_without_its_vocabulary_is_refused_not_read_as_bpe(tmp_path):
+    write_nanogpt_run(tmp_path / "out")
+    (tmp_path / "out" / "meta.pkl").unlink()
+    with pytest.raises(LoadError, match=r"the model has 29 tokens, fewer than GPT-2's 50257, so it needs its own "
+                                        r"vocabulary, and there is no meta\.pkl beside it"):
+        load("resume", tmp_path / "out")
+
+
+def test_the_causal_mask_buffer_of_old_nanogpt_checkpoints_is_ignored(tmp_path):
+    # nanoGPT on torch < 2.0 kept the mask as a buffer named like a bias: ".attn.bias"
+    original = write_nanogpt_run(tmp_path / "out")
+    checkpoint = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    for i in range(2):
+        checkpoint["model"][f"_orig_mod.transformer.h.{i}.attn.bias"] = torch.ones(1, 1, 32, 32).tril()
+    torch.save(checkpoint, tmp_path / "out" / "ckpt.pt")
+    model = load_model("resume", out_dir=tmp_path / "out")
+    assert torch.equal(model.transformer.wte.weight, original.transformer.wte.weight)
+
+
+def test_every_loading_error_is_the_one_documented_error():
+    from nanogpt_edu import NanogptEduError
+    from nanogpt_edu.config import ConfigError
+    from nanogpt_edu.devices import DeviceError
+    from nanogpt_edu.porting import ModelNotAvailableError, PortingError
+
+    for error in (ConfigError, DeviceError, LoadError, PortingError, ModelNotAvailableError):
+        assert issubclass(error, NanogptEduError) and issubclass(error, ValueError)
+    assert str(LoadError("a\nb")) == "a\\nb"  # one line, whatever a file name holds

@@ -343,3 +343,36 @@ def test_huge_but_finite_weights_are_not_mistaken_for_infinity(tmp_path):
     tensors["transformer.h.0.ln_1.bias"][:2] = 3e38
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     assert from_pretrained(folder).transformer.h[0].ln_1.bias[1].item() == pytest.approx(3e38)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_layer": 2000}, r"config\.json: n_layer=2,000 is more than the limit of 1024 layers"),
+    ({"n_embd": 65, "n_head": 4}, r"n_embd \(65\) must be divisible by n_head \(4\)"),
+    ({"n_positions": "32"}, "block_size must be a whole number >= 1, got '32'"),
+    ({"vocab_size": 10**12}, r"vocab_size=1,000,000,000,000 needs about .* of memory, and .* is available"),
+    ({"activation_function": ["gelu"]}, r"activation_function=\['gelu'\]; supported"),
+])
+def test_config_json_is_checked_before_anything_is_built(tmp_path, change, message):
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(PortingError, match=message) as err:
+        from_pretrained(folder)
+    assert str(folder / "config.json") in str(err.value)
+
+
+def test_weights_that_overflow_float32_on_conversion_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["transformer.ln_f.bias"] = torch.full((64,), 1e300, dtype=torch.float64)  # finite in the file
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(PortingError, match=r"'transformer\.ln_f\.bias' holds NaN or infinite values"):
+        from_pretrained(folder)
+
+
+def test_gpt2_unavailable_is_the_one_documented_error():
+    from nanogpt_edu import NanogptEduError
+
+    assert issubclass(ModelNotAvailableError, NanogptEduError) and issubclass(PortingError, NanogptEduError)

@@ -1,4 +1,7 @@
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
 import tiktoken
@@ -6,7 +9,7 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from nanogpt_edu.tokenizer import EOT, EOT_ID, GPT2_FILES, bpe_file, decode, encode, get_encoding
-from helpers import run_python
+from helpers import NO_NETWORK_PRELUDE, run_python
 
 
 def test_seed_prompt_ids():
@@ -102,3 +105,30 @@ def test_token_ending_mid_character_decodes_to_replacement():
 def test_only_gpt2_is_shipped():
     with pytest.raises(ValueError, match="only the 'gpt2' encoding"):
         get_encoding("cl100k_base")
+
+
+def test_a_damaged_cached_file_is_replaced(tmp_path, monkeypatch):
+    from nanogpt_edu.tokenizer import install_tiktoken_cache
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    url = GPT2_FILES["vocab.bpe"][0]
+    cached = tmp_path / hashlib.sha1(url.encode()).hexdigest()
+    cached.write_text("half a download")
+    assert install_tiktoken_cache()
+    assert cached.read_bytes() == bpe_file("vocab.bpe").read_bytes()
+
+
+def test_a_cache_turned_off_writes_nothing_and_tiktoken_still_works_offline(tmp_path):
+    code = ("import os, nanogpt_edu, tiktoken\n"
+            "print(os.listdir('.'), tiktoken.get_encoding('gpt2').encode('Hello'))\n")
+    result = subprocess.run([sys.executable, "-c", NO_NETWORK_PRELUDE + code], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "TIKTOKEN_CACHE_DIR": ""}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] [15496]"  # nothing copied into the working folder
+
+
+def test_decode_names_an_id_outside_the_vocabulary():
+    from nanogpt_edu import NanogptEduError
+
+    with pytest.raises(NanogptEduError, match=r"token id 50257 is not in the vocabulary \(0 to 50256\)"):
+        decode([15496, 50257])
