@@ -18,7 +18,7 @@ from .errors import NanogptEduError, shown
 MAX_PROMPT_BYTES = 1 << 20  # a prompt (text or file): 1 MiB is some 250,000 tokens, far more than any context
 MAX_CONFIG_BYTES = 64 << 10  # a config file or config.json is a few lines; parsing code costs ~300x its size
 MAX_PICKLE_BYTES = 4 << 20  # meta.pkl, and the pickled structure of a ckpt.pt (its tensors are not counted)
-MAX_LAYERS = 1024  # ten times the deepest GPT published; each layer is a dozen Python objects to build
+MAX_LAYERS = 256  # twice the deepest GPT-style model published; each layer is a dozen Python objects to build
 MODEL_DIMS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
 
 

@@ -93,8 +93,8 @@ def _write(out: TextIO, text: str) -> None:
         out.flush()
     except BrokenPipeError:
         raise
-    except OSError as e:
-        raise OutputError(f"cannot write the samples: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:  # ValueError: a file that was closed
+        raise OutputError(f"cannot write the samples: {getattr(e, 'strerror', None) or e}") from None
 
 
 def trim_at_stop(ids: list[int], prompt_length: int, stop_token: int | None) -> list[int]:

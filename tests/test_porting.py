@@ -346,7 +346,7 @@ def test_huge_but_finite_weights_are_not_mistaken_for_infinity(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"n_layer": 2000}, r"config\.json: n_layer=2,000 is more than the limit of 1024 layers"),
+    ({"n_layer": 2000}, r"config\.json: n_layer=2,000 is more than the limit of 256 layers"),
     ({"n_embd": 65, "n_head": 4}, r"n_embd \(65\) must be divisible by n_head \(4\)"),
     ({"n_positions": "32"}, "block_size must be a whole number >= 1, got '32'"),
     ({"vocab_size": 10**12}, r"vocab_size=1,000,000,000,000 needs about .* of memory, and .* is available"),
