@@ -12,6 +12,7 @@ weights are transposed on the way in; everything else is copied as it is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import urllib.parse
@@ -349,14 +350,20 @@ def download_gpt2(name: str) -> Path:
     if not _hub_reachable():
         raise ModelNotAvailableError(f"{missing} and the Hub cannot be reached; {advice}")
     timeout = hub.constants.HF_HUB_ETAG_TIMEOUT if "HF_HUB_ETAG_TIMEOUT" in os.environ else HUB_TIMEOUT
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its "Retrying in 1s" notes would be more lines; our one line says it all
     try:
         # huggingface_hub's own client waits forever by default: every request here carries a timeout
-        revision = hub.HfApi().model_info(repo_id, timeout=timeout).sha
+        endpoint = hub.constants.ENDPOINT  # the one _hub_reachable checked
+        revision = hub.HfApi(endpoint=endpoint).model_info(repo_id, timeout=timeout).sha
         for filename in (HF_CONFIG, HF_WEIGHTS):
-            path = hub.hf_hub_download(repo_id, filename, revision=revision, etag_timeout=timeout)
+            path = hub.hf_hub_download(repo_id, filename, revision=revision, etag_timeout=timeout, endpoint=endpoint)
     except Exception as e:  # HTTP errors, timeouts, a full disk, an unwritable cache: all say the same to the user
         raise ModelNotAvailableError(f"{missing} and downloading it from {hub.constants.ENDPOINT} failed "
                                      f"({type(e).__name__}: {_first_line(e)}); {advice}") from None
+    finally:
+        hub_log.setLevel(level)
     return Path(path).parent
 
 

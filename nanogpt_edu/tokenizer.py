@@ -58,7 +58,7 @@ def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
     ``r50k`` split pattern and ``<|endoftext|>`` = 50256, so ``n_vocab`` is 50257.
     """
     if name != "gpt2":
-        raise ValueError(f"only the 'gpt2' encoding ships with nanogpt_edu, not {name!r}")
+        raise NanogptEduError(f"only the 'gpt2' encoding ships with nanogpt_edu, not {shown(name)}")
     return tiktoken.Encoding(
         name="gpt2",
         explicit_n_vocab=N_VOCAB,

@@ -1,4 +1,7 @@
+import hashlib
+import http.server
 import json
+import threading
 import time
 
 import pytest
@@ -376,3 +379,66 @@ def test_gpt2_unavailable_is_the_one_documented_error():
     from nanogpt_edu import NanogptEduError
 
     assert issubclass(ModelNotAvailableError, NanogptEduError) and issubclass(PortingError, NanogptEduError)
+
+
+class _FakeHub(http.server.BaseHTTPRequestHandler):
+    """Just enough of the Hub's API for one repository: its commit, and its two files (or 404 for the weights)."""
+
+    files: dict[str, bytes] = {}
+    commit = "c" * 40
+
+    def _file(self, send_body: bool) -> None:
+        name = self.path.split("?")[0].rsplit("/", 1)[-1]
+        if f"/resolve/{self.commit}/" not in self.path or name not in self.files:
+            return self.send_error(404)
+        body = self.files[name]
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", self.commit)
+        self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def do_HEAD(self):
+        self._file(send_body=False)
+
+    def do_GET(self):
+        if self.path.startswith("/api/models/openai-community/gpt2"):
+            body = json.dumps({"id": "openai-community/gpt2", "sha": self.commit}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self._file(send_body=True)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("serves_weights", [True, False])
+def test_gpt2_downloads_from_the_hub_or_says_why_in_one_line(tmp_path, monkeypatch, serves_weights):
+    from huggingface_hub import constants
+
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)
+    names = ["config.json", "model.safetensors"] if serves_weights else ["config.json"]
+    monkeypatch.setattr(_FakeHub, "files", {name: (folder / name).read_bytes() for name in names})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    # what HF_ENDPOINT sets when huggingface_hub starts
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    try:
+        if serves_weights:
+            assert from_pretrained("gpt2").config.n_layer == 2
+            assert (tmp_path / "hub" / "models--openai-community--gpt2").is_dir()
+        else:
+            with pytest.raises(ModelNotAvailableError, match=r"downloading it from .* failed \(\w+Error: ") as err:
+                from_pretrained("gpt2")
+            assert "\n" not in str(err.value)
+    finally:
+        server.shutdown()
