@@ -22,7 +22,7 @@ import torch
 
 from .config import ConfigError, SampleConfig, apply_overrides, resolve_start, validate
 from .devices import DeviceError, setup_torch
-from .errors import NanogptEduError
+from .errors import NanogptEduError, shown
 from .loading import LoadError, load
 from .porting import ModelNotAvailableError, PortingError
 from .sampling import generate, start_from_eot_if_empty, stream_text
@@ -72,18 +72,24 @@ def run(config: SampleConfig, out: TextIO | None = None, err: TextIO | None = No
     stop_token = codec.eot if config.stop_at_eot else None
     sampling = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, min_p=config.min_p,
                     stop_token=stop_token)
-    with torch.no_grad(), setup.autocast:
-        for _ in range(config.num_samples):
-            if config.stream:
-                _write(out, prompt)
-                for piece in stream_text(model, x, config.max_new_tokens, decode_bytes=codec.decode_bytes,
-                                         **sampling):
-                    _write(out, piece)
-                _write(out, "\n")
-            else:
-                y = generate(model, x, config.max_new_tokens, **sampling)
-                _write(out, codec.decode(trim_at_stop(y[0].tolist()[skip:], x.size(1) - skip, stop_token)) + "\n")
-            _write(out, SEPARATOR + "\n")
+    try:
+        with torch.no_grad(), setup.autocast:
+            for _ in range(config.num_samples):
+                if config.stream:
+                    _write(out, prompt)
+                    for piece in stream_text(model, x, config.max_new_tokens, decode_bytes=codec.decode_bytes,
+                                             **sampling):
+                        _write(out, piece)
+                    _write(out, "\n")
+                else:
+                    y = generate(model, x, config.max_new_tokens, **sampling)
+                    ids = trim_at_stop(y[0].tolist()[skip:], x.size(1) - skip, stop_token)
+                    _write(out, codec.decode(ids) + "\n")
+                _write(out, SEPARATOR + "\n")
+    except ValueError as e:  # sampling refuses NaN or infinite logits: finite weights that overflow on the way
+        if isinstance(e, NanogptEduError):
+            raise
+        raise NanogptEduError(f"init_from={shown(config.init_from)}: generation stopped: {e}") from None
 
 
 def _write(out: TextIO, text: str) -> None:

@@ -96,8 +96,9 @@ def sample_next_token(
 
 def _sample(logits, temperature, top_k, top_p, min_p, generator) -> torch.Tensor:
     # sample_next_token without the argument checks: generate checks its arguments once, not at every step
-    if torch.isnan(logits).any():
-        raise ValueError("the logits contain NaN: the model's forward pass went wrong (check its weights and dtype)")
+    if not (logits < math.inf).all():  # one pass finds NaN (no comparison holds) and +inf; -inf is a masked token
+        raise ValueError("the logits contain NaN or +inf: the model's forward pass went wrong (check its weights "
+                         "and dtype)")
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
     if temperature < 1:

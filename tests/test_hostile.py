@@ -952,3 +952,15 @@ def test_fuzzed_files_load_or_raise_the_one_error(target, tmp_path):
     assert report["failures"] == [], "\n".join(report["failures"][:20])
     assert sum(report["tally"].values()) == FUZZ_ROUNDS
     assert report["tally"]["loaded"] > 0 and report["tally"]["refused"] > FUZZ_ROUNDS // 4, report["tally"]
+
+
+def test_weights_that_overflow_while_generating_end_in_one_error_line(tmp_path, capsys):
+    # finite weights pass the load's check, but 3e38 everywhere overflows in the first layer: the logits are NaN
+    from nanogpt_edu.sample import main
+
+    write_run(tmp_path, model=with_state(lambda state: [value.fill_(3e38) for value in state.values()]))
+    assert main([*SHORT, *resume(tmp_path), "--start=to be"]) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and stderr.splitlines()[-1] == (
+        "error: init_from='resume': generation stopped: the logits contain NaN or +inf: the model's forward pass "
+        "went wrong (check its weights and dtype)")
