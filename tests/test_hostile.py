@@ -35,7 +35,8 @@ from nanogpt_edu.model import GPT, GPTConfig
 from nanogpt_edu.porting import save_hf_folder
 
 MEMORY_LIMIT = 3 << 30  # address space of each case's process (torch alone maps about 0.7 GiB)
-GROWTH_LIMIT = 300 << 20  # how far a failing case's peak resident memory may grow above the fork server's
+GROWTH_LIMIT = 128 << 20  # how far a failing case's peak resident memory may grow over its run
+SIZE_GROWTH_LIMIT = 64 << 20  # ... and a size case's: refused before anything large is read or allocated
 TIME_LIMIT = 20  # seconds: a case that takes longer has hung
 CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TINY = dict(n_layer=1, n_head=2, n_embd=8, block_size=16, bias=False, vocab_size=len(CHARS), dropout=0.0)
@@ -484,14 +485,18 @@ def run_case(case):
         return 2
     return 0
 
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"rss": rss}), flush=True)
+def resident():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
 for line in sys.stdin:
     case = json.loads(line)
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
         try:
+            with open(case["rss"], "w") as f:  # the child's own size at the start: its peak is measured from here
+                f.write(str(resident()))
             code = run_case(case)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
@@ -504,7 +509,9 @@ for line in sys.stdin:
         finally:
             os._exit(code)
     _, status, usage = os.wait4(pid, 0)
-    print(json.dumps({"status": os.waitstatus_to_exitcode(status), "peak": usage.ru_maxrss * 1024,
+    with open(case["rss"]) as f:
+        growth = usage.ru_maxrss * 1024 - int(f.read())
+    print(json.dumps({"status": os.waitstatus_to_exitcode(status), "growth": growth,
                       "seconds": time.monotonic() - start}), flush=True)
 """.replace("MEMORY_LIMIT", str(MEMORY_LIMIT)).replace("TIME_LIMIT", str(TIME_LIMIT))
 
@@ -515,7 +522,7 @@ class Outcome:
     stderr: str
     stdout: str
     seconds: float
-    growth: int  # bytes of peak resident memory above the fork server's own
+    growth: int  # how many bytes the case's peak resident memory grew over its run
     canary: bool
 
 
@@ -528,7 +535,8 @@ def outcomes(tmp_path_factory) -> dict[str, Outcome]:
         d = root / f"case{i}"
         d.mkdir()
         built = case.build(d)
-        spec = {"dir": str(d), "out": str(root / f"{i}.out"), "err": str(root / f"{i}.err")}
+        spec = {"dir": str(d), "out": str(root / f"{i}.out"), "err": str(root / f"{i}.err"),
+                "rss": str(root / f"{i}.rss")}
         if case.kind == "cli":
             spec["argv"] = ["--max_new_tokens=2", "--num_samples=1", "--device=cpu", *built]
         else:
@@ -537,15 +545,14 @@ def outcomes(tmp_path_factory) -> dict[str, Outcome]:
     server = subprocess.run([sys.executable, "-c", DRIVER], input="".join(json.dumps(s) + "\n" for s in specs),
                             capture_output=True, text=True, timeout=TIME_LIMIT * len(specs))
     assert server.returncode == 0, server.stderr
-    lines = [json.loads(line) for line in server.stdout.splitlines()]
-    base_rss, results = lines[0]["rss"], lines[1:]
+    results = [json.loads(line) for line in server.stdout.splitlines()]
     assert len(results) == len(CASES), server.stderr
     found = {}
     for case, spec, result in zip(CASES, specs, results):
         found[case.name] = Outcome(
             status=result["status"], stderr=Path(spec["err"]).read_text(errors="replace"),
             stdout=Path(spec["out"]).read_text(errors="replace"), seconds=result["seconds"],
-            growth=result["peak"] - base_rss, canary=any(Path(spec["dir"]).rglob(CANARY)))
+            growth=result["growth"], canary=any(Path(spec["dir"]).rglob(CANARY)))
     return found
 
 
@@ -559,7 +566,8 @@ def test_hostile_input_gets_one_line(case, outcomes):
     assert re.search(case.expect, lines[0]), lines[0]
     assert not outcome.canary, "code from the input ran"
     assert outcome.seconds < TIME_LIMIT
-    assert outcome.growth < GROWTH_LIMIT, f"peak memory grew by {outcome.growth >> 20} MiB"
+    limit = SIZE_GROWTH_LIMIT if case.size else GROWTH_LIMIT
+    assert outcome.growth < limit, f"peak resident memory grew by {outcome.growth >> 20} MiB"
 
 
 def test_enough_distinct_hostile_cases():
