@@ -94,9 +94,10 @@ def model_memory(config, bytes_per_value: int = 4) -> int:
 def available_memory() -> int | None:
     """Return how many bytes this process can still allocate, as far as the system tells, or None if unknown.
 
-    On Linux the smallest of: ``MemAvailable`` (/proc/meminfo), a cgroup's ``memory.max`` minus its use
-    (containers), and what ``ulimit -v``/``-d`` leave above the process's current size. Elsewhere the size of the
-    physical memory (``os.sysconf``), and where even that is unknown, None: then only the fixed limits apply.
+    On Linux the smallest of: ``MemAvailable`` (/proc/meminfo), a cgroup's memory limit minus its use, file cache
+    not counted (containers, v1 or v2), and what ``ulimit -v``/``-d`` leave above the process's current size.
+    Elsewhere the size of the physical memory (``os.sysconf``), and where even that is unknown, None: then only the
+    fixed limits apply.
     """
     found = [_meminfo("/proc/meminfo", "MemAvailable")]
     found.append(_cgroup_room())
@@ -147,10 +148,38 @@ def _meminfo(path: str, key: str) -> int | None:
 
 
 def _cgroup_room() -> int | None:
+    # a container's (or systemd unit's) memory limit minus what its group uses, counting the file cache the kernel
+    # can drop as free; the tightest limit on the way up the group's folders
+    rooms = []
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit == "max":
+        groups = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in groups:
+        _, controllers, relative = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            root, files = Path("/sys/fs/cgroup"), ("memory.max", "memory.current", "file")
+        elif "memory" in controllers.split(","):  # cgroup v1
+            root, files = Path("/sys/fs/cgroup/memory"), ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                          "total_inactive_file")
+        else:
+            continue
+        folder = root / relative.strip("/")
+        while True:
+            rooms.append(_room(folder, *files))
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+    rooms = [room for room in rooms if room is not None]
+    return min(rooms) if rooms else None
+
+
+def _room(folder: Path, limit_file: str, usage_file: str, cache_key: str) -> int | None:
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        if limit == "max" or int(limit) >= 1 << 60:  # no limit ("max" in v2, a huge number in v1)
             return None
-        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+        stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+        return int(limit) - int((folder / usage_file).read_text()) + int(stat.get(cache_key, 0))
     except (OSError, ValueError):
         return None

@@ -983,3 +983,22 @@ def test_weights_that_overflow_while_generating_end_in_one_error_line(tmp_path, 
     assert "Traceback" not in stderr and stderr.splitlines()[-1] == (
         "error: init_from='resume': generation stopped: the logits contain NaN or +inf: the model's forward pass "
         "went wrong (check its weights and dtype)")
+
+
+@pytest.mark.parametrize("files, room", [
+    ({"memory.max": "1000000", "memory.current": "700000", "memory.stat": "anon 600000\nfile 100000\n"}, 400_000),
+    ({"memory.max": "max", "memory.current": "700000", "memory.stat": "file 1\n"}, None),
+    ({"memory.limit_in_bytes": "9223372036854771712", "memory.usage_in_bytes": "5",
+      "memory.stat": "total_inactive_file 1\n"}, None),
+    ({"memory.limit_in_bytes": "2000000", "memory.usage_in_bytes": "1500000",
+      "memory.stat": "total_inactive_file 500000\n"}, 1_000_000),
+])
+def test_a_containers_memory_limit_counts_and_its_file_cache_does_not(tmp_path, files, room):
+    from nanogpt_edu.limits import _room
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    v2 = "memory.max" in files
+    names = ("memory.max", "memory.current", "file") if v2 else \
+        ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    assert _room(tmp_path, *names) == room
