@@ -231,7 +231,7 @@ def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GP
 
 
 def read_hf_config(path: str | Path) -> GPTConfig:
-    """Return the ``GPTConfig`` of a Hugging Face ``config.json`` file (at most 64 KiB of JSON; see ``config_from_hf``)."""
+    """Return the ``GPTConfig`` of a Hugging Face ``config.json`` (at most 64 KiB of JSON; see ``config_from_hf``)."""
     data = read_bounded(path, MAX_CONFIG_BYTES, "config file", PortingError)
     try:
         hf_config = json.loads(data.decode("utf-8"))
