@@ -44,7 +44,7 @@ class SampleConfig:
     start: str = "\n"  # the prompt; "FILE:prompt.txt" reads it from a file
     num_samples: int = 10
     max_new_tokens: int = 500
-    temperature: float = 0.8  # 1.0 = as the model predicts, < 1 sharper, > 1 flatter, 0 = greedy
+    temperature: float = 0.8  # 1.0 = as the model predicts, < 1 sharper, > 1 flatter, 0 (or ~1e-37) = greedy
     top_k: int | None = 200  # keep only the k most likely tokens; None keeps all
     top_p: float | None = None  # keep the most likely tokens until their probability reaches top_p
     min_p: float | None = None  # keep tokens at least min_p times as likely as the most likely one
