@@ -16,6 +16,10 @@ Parts are switched off by patching them for the duration of a run. Never run as 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nanogpt_edu sets it for its users; before torch loads
+
 import argparse
 import contextlib
 import tempfile

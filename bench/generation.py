@@ -18,9 +18,12 @@ the sum's one. Never run as a test: the numbers depend on the machine and on wha
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nanogpt_edu sets it for its users; before torch loads
+
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time

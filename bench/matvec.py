@@ -20,6 +20,10 @@ Never run as a test: the numbers depend on the machine and on what else it is do
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nanogpt_edu sets it for its users; before torch loads
+
 import argparse
 
 import numpy as np

@@ -5,7 +5,16 @@ pocket model, GPT-2, or a nanoGPT checkpoint), ``get_encoding`` (GPT-2's BPE, of
 of any kind (a flag, a file, a size, the environment) raises ``NanogptEduError``, a ``ValueError`` with one line.
 """
 
-from .tokenizer import get_encoding, install_tiktoken_cache
+import os
+
+# OpenMP threads that finish their share of a parallel step wait for the others by spinning, by default. On a
+# machine where something else also wants the cores (a browser, a second notebook) a spinning thread delays the
+# one it waits for, and generation measured 3 to 20 times slower; waiting asleep costs nothing measurable on an
+# idle machine. OpenMP reads this once, when torch is first imported, so it is set before any import of torch
+# (the notebooks' Jupyter kernel sets it too, since a notebook may import torch first). A value of your own stays.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .tokenizer import get_encoding, install_tiktoken_cache  # noqa: E402
 
 # Make the unchanged line from sample.py, tiktoken.get_encoding("gpt2"), work without a network.
 install_tiktoken_cache()

@@ -15,7 +15,9 @@ exceptions tell IPython how to display themselves (``_render_traceback_``).
 
 from __future__ import annotations
 
+import numbers
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -58,6 +60,32 @@ def check(condition: object, hint: str) -> None:
     """Raise ``NotRightYet(hint)`` unless ``condition`` is true."""
     if not condition:
         raise NotRightYet(hint)
+
+
+def whole_number(value: Any) -> int | None:
+    """Return ``value`` as a Python int if it is a whole number of any integer type (int, NumPy's, a one-element
+    integer tensor), else ``None``. ``True``/``False`` are not numbers here."""
+    if hasattr(value, "numel") and hasattr(value, "is_floating_point"):  # a tensor
+        if value.numel() != 1 or value.is_floating_point() or value.is_complex():
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def call_answer(function: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Return ``function(*args, **kwargs)`` for a function the learner wrote; an exception it raises becomes one
+    ``NotRightYet`` line naming the call, instead of a traceback through the check."""
+    try:
+        return function(*args, **kwargs)
+    except ExerciseCheck:
+        raise
+    except Exception as error:  # the learner's own bug: say which call raised what
+        shown = ", ".join([*(repr(a) if not hasattr(a, "shape") else f"<{type(a).__name__} {tuple(a.shape)}>"
+                             for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        name = getattr(function, "__name__", "your function")
+        raise NotRightYet(f"{name}({shown}) raised {type(error).__name__}: {error}") from None
 
 
 def buggy_port(hf_state_dict: dict, config) -> "GPT":

@@ -29,7 +29,7 @@ class GPTConfig:
 
     ``gelu`` picks the MLP's activation. GELU(x) = x * Phi(x), with Phi the normal distribution's CDF. GPT-2 was
     trained with a tanh-based approximation of Phi (Hugging Face calls it "gelu_new"), while nanoGPT's current
-    code uses PyTorch's exact, erf-based GELU. The two differ by about 1e-3 per activation: harmless when
+    code uses PyTorch's exact, erf-based GELU. The two differ by at most 5e-4 per activation: harmless when
     training from scratch, but enough to move a ported GPT-2's logits past a parity check, so "tanh" is the
     default and ported weights reproduce GPT-2 to float precision.
     """

@@ -68,37 +68,45 @@ def plot_next_token_probs(probs: torch.Tensor, top: int = 20, title: str = "Next
 
 
 def _masked_bars(ax, before: torch.Tensor, after: torch.Tensor, masked: torch.Tensor, ids: list[int]) -> None:
-    # grey: each token's probability before the mask; on top, kept tokens in blue at their renormalised
-    # probability, masked ones in orange at their old height, so a masked bar is still visible
+    # wide grey bars: each token's probability before the mask; on top, narrower: a kept token in blue at its
+    # renormalised probability, a masked one as an empty orange outline at the height it had (it now has 0)
     x = range(len(ids))
     kept = [bool(torch.isfinite(masked[i])) for i in ids]
     ax.bar(x, [before[i].item() for i in ids], color=BEFORE, width=0.85)
-    ax.bar(x, [after[i].item() if k else before[i].item() for i, k in zip(ids, kept)], width=0.45,
-           color=[KEPT if k else MASKED for k in kept])
+    ax.bar([i for i, k in zip(x, kept) if k], [after[i].item() for i, k in zip(ids, kept) if k], width=0.45,
+           color=KEPT)
+    ax.bar([i for i, k in zip(x, kept) if not k], [before[i].item() for i, k in zip(ids, kept) if not k],
+           width=0.45, facecolor="none", edgecolor=MASKED, hatch="///", linewidth=1.2)
 
 
 def _mask_legend(ax) -> None:
     ax.legend(handles=[Patch(color=BEFORE, label="before the mask"),
                        Patch(color=KEPT, label="kept, renormalised"),
-                       Patch(color=MASKED, label="masked: probability 0")], fontsize=FONT_SIZE)
+                       Patch(facecolor="none", edgecolor=MASKED, hatch="///", label="masked: had this, now 0")],
+              fontsize=FONT_SIZE)
 
 
-def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=None) -> Figure:
-    """Return a two-row figure of the top-k mask on logits (vocab_size,): the scores, then the probabilities.
+def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=None,
+                    score_label: str = "logit") -> Figure:
+    """Return a two-row figure of the top-k mask on scores (vocab_size,): the scores, then the probabilities.
 
-    Top: the ``show`` largest logits, coloured by whether top-k keeps them. Bottom: their probabilities before
-    the mask and after it (renormalised over the kept tokens, which therefore all grow).
+    Top: the ``show`` largest scores (``score_label`` names them, say "logit / temperature"), coloured by whether
+    top-k keeps them. Bottom: their probabilities before the mask and after it (renormalised over the kept
+    tokens, which therefore all grow).
     """
     masked = top_k_mask(logits[None, :], k)[0]
     ids = _top(logits, show)
     labels = [token_label(i, decode_bytes) for i in ids]
     kept = [bool(torch.isfinite(masked[i])) for i in ids]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(MAX_WIDTH, 7.5), sharex=True)
-    top.bar(range(len(ids)), [logits[i].item() for i in ids], color=[KEPT if keep else MASKED for keep in kept])
+    top.bar(range(len(ids)), [logits[i].item() for i in ids], color=[KEPT if keep else "none" for keep in kept],
+            edgecolor=[KEPT if keep else MASKED for keep in kept], hatch=None)
+    for bar, keep in zip(top.patches, kept):
+        bar.set_hatch(None if keep else "///")
     top.axhline(torch.topk(logits, k).values[-1].item(), color="black", linestyle="--", linewidth=1,
                 label=f"the k-th largest score (k={k})")
     top.set_title(f"Top-k, k={k}: scores below the k-th largest become -inf")
-    top.set_ylabel("logit", fontsize=FONT_SIZE + 1)
+    top.set_ylabel(score_label, fontsize=FONT_SIZE + 1)
     top.tick_params(axis="y", labelsize=FONT_SIZE)
     top.legend(fontsize=FONT_SIZE)
     _masked_bars(bottom, F.softmax(logits, dim=-1), F.softmax(masked, dim=-1), masked, ids)
@@ -112,27 +120,32 @@ def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=N
 
 def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = (0.5, 0.8, 1.0, 1.5),
                           top: int = 12, decode_bytes=None) -> Figure:
-    """Return one panel per temperature (two per row): the ``top`` tokens' probabilities of softmax(logits / T)."""
+    """Return one panel per temperature (two per row): the ``top`` tokens' probabilities of
+    softmax(logits / temperature), on one shared scale so the panels compare, the top probability written in."""
     ids = _top(logits, top)
     labels = [token_label(i, decode_bytes) for i in ids]
     rows = (len(temperatures) + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(MAX_WIDTH, 3.6 * rows), sharey=True, squeeze=False)
     for ax, t in zip(axes.flat, temperatures):
         probs = F.softmax(logits / t, dim=-1)
-        ax.bar(range(len(ids)), [probs[i].item() for i in ids], color=KEPT)
-        ax.set_title(f"T = {t}: entropy {entropy(probs):.2f} nats", fontsize=FONT_SIZE + 2)
+        heights = [probs[i].item() for i in ids]
+        ax.bar(range(len(ids)), heights, color=KEPT)
+        ax.text(0, heights[0], f" {heights[0]:.3f}", ha="left", va="bottom", fontsize=FONT_SIZE + 1)
+        ax.set_title(f"temperature {t}: entropy {entropy(probs):.2f} nats", fontsize=FONT_SIZE + 2)
         _token_axis(ax, labels, "next token")
     for ax in axes[:, 0]:
         ax.set_ylabel("probability", fontsize=FONT_SIZE + 1)
     for ax in axes.flat[len(temperatures):]:
         ax.set_visible(False)
+    top_height = max(ax.patches[0].get_height() for ax in axes.flat[: len(temperatures)])
+    axes.flat[0].set_ylim(0, top_height * 1.15)  # shared: room above the tallest bar for its number
     fig.suptitle("Lower temperature sharpens the distribution, higher flattens it", fontsize=FONT_SIZE + 3)
     fig.tight_layout()
     return fig
 
 
-def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k: int = 20, top_p: float = 0.5,
-                           min_p: float = 0.2, show: int = 25, decode_bytes=None) -> Figure:
+def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k: int = 10, top_p: float = 0.5,
+                           min_p: float = 0.2, show: int = 16, decode_bytes=None) -> Figure:
     """Return greedy, top-k, top-p and min-p side by side on the same logits (after the temperature): which of
     the ``show`` likeliest tokens each keeps, and their probabilities before and after."""
     scaled = logits[None, :] / temperature
@@ -177,17 +190,29 @@ def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[flo
 
 def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> Figure:
     """Return one heatmap per head of attention ``weights`` (n_head, T, T): row = the token that looks (query),
-    column = the token looked at (key); ``labels`` are the T tokens."""
-    n_head = weights.size(0)
+    column = the token looked at (key); ``labels`` are the T tokens. The masked future (above the diagonal) is
+    hatched grey, and each weight is written in its cell while they fit."""
+    n_head, T = weights.size(0), weights.size(-1)
     cols = min(n_head, 2)
     rows = (n_head + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(MAX_WIDTH * 0.85, 3.9 * rows + 0.6), squeeze=False,
                              sharex=True, sharey=True, layout="constrained")
+    future = torch.ones(T, T, dtype=torch.bool).triu(diagonal=1)
     for h, ax in enumerate(axes.flat):
         if h >= n_head:
             ax.set_visible(False)
             continue
-        image = ax.imshow(weights[h].detach().numpy(), cmap="Blues", vmin=0, vmax=1)
+        shown = weights[h].detach().float().masked_fill(future, float("nan")).numpy()  # NaN: drawn as "bad"
+        image = ax.imshow(shown, cmap=plt.get_cmap("Blues").with_extremes(bad=BEFORE), vmin=0, vmax=1)
+        for q, k in future.nonzero().tolist():
+            ax.add_patch(plt.Rectangle((k - 0.5, q - 0.5), 1, 1, fill=False, hatch="//", edgecolor="white",
+                                       linewidth=0))
+        if T <= 8:
+            for q in range(T):
+                for k in range(q + 1):
+                    w = float(weights[h, q, k])
+                    ax.text(k, q, f"{w:.2f}", ha="center", va="center", fontsize=FONT_SIZE,
+                            color="white" if w > 0.55 else "black")
         ax.set_title(f"head {h}", fontsize=FONT_SIZE + 2)
     for ax in axes[-1]:
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=FONT_SIZE)
@@ -195,7 +220,7 @@ def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> 
     for ax in axes[:, 0]:
         ax.set_yticks(range(len(labels)), labels, fontsize=FONT_SIZE)
         ax.set_ylabel("looking (query)", fontsize=FONT_SIZE + 1)
-    fig.colorbar(image, ax=axes, shrink=0.7, label="attention weight")
+    fig.colorbar(image, ax=axes, shrink=0.7, label="attention weight (grey: masked future)")
     fig.suptitle(title, fontsize=FONT_SIZE + 3)
     return fig
 

@@ -330,6 +330,23 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+def gpt2_availability() -> dict[str, str]:
+    """Return, for each GPT-2 size, where its weights can come from on this machine right now: "in the Hugging
+    Face cache", "downloadable" (not cached, but the Hub answers) or "not available"."""
+    try:
+        online = _hub_reachable()
+    except ModelNotAvailableError:  # an HF_ENDPOINT that is no URL: no Hub
+        online = False
+    availability = {}
+    for name in GPT2_DIMS:
+        try:
+            cached = _find_in_hf_cache(name) is not None
+        except ModelNotAvailableError:  # huggingface_hub cannot start: nothing cached that we can reach
+            cached = False
+        availability[name] = "in the Hugging Face cache" if cached else ("downloadable" if online else "not available")
+    return availability
+
+
 def download_gpt2(name: str) -> Path:
     """Return a local folder holding GPT-2 ``name`` in Hugging Face format: from the cache, else from the Hub.
 

@@ -5,7 +5,7 @@
 #   TORCH_SPEC="torch==2.13.0" (default)       # the torch to install when .venv has none yet
 #
 # torch is installed first, on its own: with a torch already present, the project's loose requirement
-# (torch>=2.3) is satisfied and pip downloads nothing more. A GPU user installs the CUDA build of torch into
+# (torch>=2.6) is satisfied and pip downloads nothing more. A GPU user installs the CUDA build of torch into
 # .venv before running this script (see the README), and this script leaves it alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,10 @@ echo "installing nanogpt-edu and its dependencies into $VENV"
 "$VENV/bin/pip" install --quiet --progress-bar off -e ".[test]"
 # A named Jupyter kernel inside .venv: the notebooks ask for "nanogpt-edu", so JupyterLab started from .venv runs
 # them with this environment's Python, never with some other Python that lacks the package.
-"$VENV/bin/python" -m ipykernel install --sys-prefix --name nanogpt-edu --display-name "Python (nanogpt-edu)" >/dev/null
+# OMP_WAIT_POLICY=PASSIVE: OpenMP threads wait asleep, not spinning (see nanogpt_edu/__init__.py for why); it must be
+# set before torch is imported, which a notebook may do before it imports nanogpt_edu, so the kernel sets it.
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name nanogpt-edu --display-name "Python (nanogpt-edu)" \
+  --env OMP_WAIT_POLICY PASSIVE >/dev/null
 # The decode kernel (nanogpt_edu/fast/kernel.c): compiled now, once, so the first generation does not wait for it.
 # Without a C compiler this prints why and generation uses PyTorch's own operations.
 "$VENV/bin/python" -m nanogpt_edu.fast.build_kernel

@@ -212,7 +212,7 @@ def my_configurator(d, args):
     for a in args:
         name, _, raw = a.removeprefix("--").partition("=")
         if name not in d:
-            raise KeyError(name)
+            raise KeyError(f"{name}? the settings are {sorted(d)}")
         try:
             parsed = literal_eval(raw)
         except (SyntaxError, ValueError):

@@ -54,3 +54,17 @@ def test_notebooks_ask_for_the_kernel_that_setup_installs():
     assert "ipykernel install --sys-prefix --name nanogpt-edu" in setup
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         assert json.loads(path.read_text())["metadata"]["kernelspec"]["name"] == "nanogpt-edu", path.name
+
+
+def test_openmp_threads_wait_asleep_unless_the_user_says_otherwise():
+    # set before torch loads OpenMP: by the package for scripts, by the Jupyter kernel for notebooks
+    import subprocess
+    import sys
+
+    code = "import os, nanogpt_edu, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "PASSIVE\n"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "ACTIVE\n"
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "--env OMP_WAIT_POLICY PASSIVE" in setup

@@ -68,9 +68,11 @@ def test_top_k_mask_colours_kept_and_masked_and_keeps_masked_bars_visible():
     scores, probs = fig.axes
     assert len(scores.patches) == 30 and len(probs.patches) == 60  # probabilities: before, then kept/masked
     colours = [matplotlib.colors.to_hex(p.get_facecolor()) for p in scores.patches]
-    assert set(colours[:10]) == {KEPT} and set(colours[10:]) == {MASKED}
+    assert set(colours[:10]) == {KEPT}
+    assert {matplotlib.colors.to_hex(p.get_edgecolor()) for p in scores.patches[10:]} == {MASKED}
+    assert all(p.get_hatch() for p in scores.patches[10:]) and not any(p.get_hatch() for p in scores.patches[:10])
     masked_bars = probs.patches[30 + 10:]
-    assert all(bar.get_height() > 0 for bar in masked_bars)  # masked tokens show, at their old probability
+    assert all(bar.get_height() > 0 and bar.get_hatch() for bar in masked_bars)  # outlines at the old height
     kept_after = sum(bar.get_height() for bar in probs.patches[30:40])
     assert abs(kept_after - 1) < 1e-4  # the kept tokens' renormalised probabilities add up to 1
     assert probs.get_xticklabels()[0].get_text() == token_label(int(LOGITS.argmax()))
@@ -89,10 +91,12 @@ def test_temperature_grid_reports_entropy():
     # lower temperature, lower entropy
     e = [float(ax.get_title().split("entropy ")[1].split()[0]) for ax in panels]
     assert e[0] < e[1] < e[2]
+    assert panels[0].get_title().startswith("temperature 0.5:")
+    assert float(panels[2].texts[0].get_text()) == pytest.approx(panels[2].patches[0].get_height(), abs=1e-3)
 
 
 def test_filter_comparison_has_four_panels_with_token_labels_and_counts():
-    fig = plot_filter_comparison(LOGITS, top_k=5, top_p=0.5, min_p=0.1, show=20)
+    fig = plot_filter_comparison(LOGITS, top_k=5, top_p=0.5, min_p=0.1, show=16)
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == 4
     assert titles[0] == "greedy (argmax): 1 token kept"
@@ -117,7 +121,10 @@ def test_attention_heatmaps_one_per_head_labelled_with_tokens():
     heads = [ax for ax in fig.axes if ax.images]
     assert len(heads) == 4
     assert [t.get_text() for t in heads[0].get_yticklabels()] == ["'a'", "'b'", "'c'"]
-    assert torch.equal(torch.tensor(heads[2].images[0].get_array()), weights[2])
+    shown = torch.tensor(heads[2].images[0].get_array().filled(float("nan")))
+    below = torch.ones(3, 3, dtype=torch.bool).tril()
+    assert torch.equal(shown[below], weights[2][below]) and shown[~below].isnan().all()  # the future is masked
+    assert [t.get_text() for t in heads[0].texts] == [f"{float(w):.2f}" for w in weights[0][below]]
 
 
 def test_logit_lens_marks_the_final_answer():

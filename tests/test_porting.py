@@ -442,3 +442,19 @@ def test_gpt2_downloads_from_the_hub_or_says_why_in_one_line(tmp_path, monkeypat
             assert "\n" not in str(err.value)
     finally:
         server.shutdown()
+
+
+def test_gpt2_availability_offline_and_with_a_cached_copy(tmp_path):
+    from nanogpt_edu.porting import gpt2_availability
+
+    assert gpt2_availability() == {name: "not available" for name in GPT2_DIMS}  # sockets are blocked here
+    hf, folder = random_hf_folder(tmp_path, **TINY_HF)  # lay out a cache holding "gpt2", as a download would
+    snapshot = tmp_path / "hub" / "models--openai-community--gpt2" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((folder / name).read_bytes())
+    (tmp_path / "hub" / "models--openai-community--gpt2" / "refs").mkdir()
+    (tmp_path / "hub" / "models--openai-community--gpt2" / "refs" / "main").write_text("0" * 40)
+    code = "from nanogpt_edu.porting import gpt2_availability\nprint(gpt2_availability()['gpt2'])\n"
+    result = run_python(code, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert result.stdout.strip() == "in the Hugging Face cache", result.stderr
