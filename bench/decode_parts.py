@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nanogpt_edu sets it for its users; before torch loads
+if "OMP_WAIT_POLICY" not in os.environ:  # as nanogpt_edu sets it for its users, before torch loads
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import argparse
 import contextlib

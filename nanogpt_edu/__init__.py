@@ -7,12 +7,15 @@ of any kind (a flag, a file, a size, the environment) raises ``NanogptEduError``
 
 import os
 
-# OpenMP threads that finish their share of a parallel step wait for the others by spinning, by default. On a
-# machine where something else also wants the cores (a browser, a second notebook) a spinning thread delays the
-# one it waits for, and generation measured 3 to 20 times slower; waiting asleep costs nothing measurable on an
-# idle machine. OpenMP reads this once, when torch is first imported, so it is set before any import of torch
-# (the notebooks' Jupyter kernel sets it too, since a notebook may import torch first). A value of your own stays.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP threads that finish their share of a parallel step wait for the others by spinning, by default for a
+# few milliseconds. When something else also wants the cores (a browser, a second notebook) a spinning thread
+# delays the very thread it waits for, and generation ran many times slower. Spinning about 10 microseconds
+# before sleeping keeps nearly all the speed of an idle machine and avoids that (README, Speed). GNU OpenMP, which
+# torch uses on Linux, reads this once, when torch is first imported, so it is set before any import of torch (the
+# notebooks' Jupyter kernel sets it too, since a notebook may import torch first). Your own OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT stays as it is.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from .tokenizer import get_encoding, install_tiktoken_cache  # noqa: E402
 

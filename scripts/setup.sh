@@ -22,10 +22,10 @@ echo "installing nanogpt-edu and its dependencies into $VENV"
 "$VENV/bin/pip" install --quiet --progress-bar off -e ".[test]"
 # A named Jupyter kernel inside .venv: the notebooks ask for "nanogpt-edu", so JupyterLab started from .venv runs
 # them with this environment's Python, never with some other Python that lacks the package.
-# OMP_WAIT_POLICY=PASSIVE: OpenMP threads wait asleep, not spinning (see nanogpt_edu/__init__.py for why); it must be
-# set before torch is imported, which a notebook may do before it imports nanogpt_edu, so the kernel sets it.
+# GOMP_SPINCOUNT=1000: OpenMP threads spin only briefly before they sleep (nanogpt_edu/__init__.py says why); it must
+# be set before torch is imported, which a notebook may do before it imports nanogpt_edu, so the kernel sets it.
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name nanogpt-edu --display-name "Python (nanogpt-edu)" \
-  --env OMP_WAIT_POLICY PASSIVE >/dev/null
+  --env GOMP_SPINCOUNT 1000 >/dev/null
 # The decode kernel (nanogpt_edu/fast/kernel.c): compiled now, once, so the first generation does not wait for it.
 # Without a C compiler this prints why and generation uses PyTorch's own operations.
 "$VENV/bin/python" -m nanogpt_edu.fast.build_kernel

@@ -23,7 +23,9 @@ README = """# nanogpt-edu, student edition
 The notebooks of the series without their solutions. Work through them in order, starting with
 `00_overview.ipynb`. Each exercise is followed by a check cell: run it after your answer. Until the names the
 exercise asks for are defined it says `not done yet`; with an answer that is not right it says `not right yet`
-and gives a hint. Open them in JupyterLab with the project's kernel, "Python (nanogpt-edu)".
+and gives a hint. "Run All" stops at the first exercise you have not done yet: answer it, run its check cell,
+then go on with Run > Run Selected Cell and All Below. Open the notebooks in JupyterLab with the project's
+kernel, "Python (nanogpt-edu)".
 """
 
 

@@ -6,7 +6,8 @@ import tempfile
 
 import pytest
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as nanogpt_edu and its Jupyter kernel set it for users
+if "OMP_WAIT_POLICY" not in os.environ:  # as nanogpt_edu and its Jupyter kernel set it for users
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 # Before anything imports huggingface_hub or tiktoken (they read these once): an empty, private Hugging Face cache,
 # a fresh tiktoken cache, and no progress bars.

@@ -56,15 +56,20 @@ def test_notebooks_ask_for_the_kernel_that_setup_installs():
         assert json.loads(path.read_text())["metadata"]["kernelspec"]["name"] == "nanogpt-edu", path.name
 
 
-def test_openmp_threads_wait_asleep_unless_the_user_says_otherwise():
+def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise():
     # set before torch loads OpenMP: by the package for scripts, by the Jupyter kernel for notebooks
+    import os
     import subprocess
     import sys
 
-    code = "import os, nanogpt_edu, torch; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "PASSIVE\n"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout == "ACTIVE\n"
-    setup = (ROOT / "scripts" / "setup.sh").read_text()
-    assert "--env OMP_WAIT_POLICY PASSIVE" in setup
+    code = "import os, nanogpt_edu, torch; print(os.environ.get('GOMP_SPINCOUNT'))"
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def spincount(**env):
+        return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
+                              text=True).stdout.strip()
+
+    assert spincount() == "1000"
+    assert spincount(GOMP_SPINCOUNT="50") == "50"  # the user's own value stays
+    assert spincount(OMP_WAIT_POLICY="ACTIVE") == "None"  # and a wait policy of theirs is not overridden
+    assert "--env GOMP_SPINCOUNT 1000" in (ROOT / "scripts" / "setup.sh").read_text()
