@@ -31,7 +31,7 @@ from jinja2 import Template
 from torch.nn import functional as F
 
 from .plots import token_label
-from .sampling import apply_temperature, min_p_mask, top_k_mask, top_p_mask
+from .sampling import apply_masks, apply_temperature
 from .tokenizer import encode as gpt2_encode
 
 DEFAULT_PROMPTS = ("Hello, my name is", "ROMEO:", "The king")
@@ -133,13 +133,7 @@ def filtered_distribution(logits: torch.Tensor, temperature: float, top_k: int |
     ``DISTRIBUTION_JS`` does in the browser. ``logits`` is one row (vocab_size,).
     """
     scaled = apply_temperature(logits.double()[None, :], temperature)
-    masked = scaled
-    if top_k is not None:
-        masked = top_k_mask(masked, top_k)
-    if top_p is not None:
-        masked = top_p_mask(masked, top_p)
-    if min_p is not None:
-        masked = min_p_mask(masked, min_p)
+    masked = apply_masks(scaled, top_k, top_p, min_p)
     return Distribution(F.softmax(scaled, dim=-1)[0], F.softmax(masked, dim=-1)[0], int(torch.isfinite(masked).sum()))
 
 

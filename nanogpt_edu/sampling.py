@@ -107,15 +107,20 @@ def _sample(logits, temperature, top_k, top_p, min_p, generator) -> torch.Tensor
             # so small a temperature that the top score overflows float: softmax would give NaN, and the
             # distribution it tends to as the temperature falls to 0 puts everything on the argmax: greedy
             return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits / temperature
+    probs = F.softmax(apply_masks(logits / temperature, top_k, top_p, min_p), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def apply_masks(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
+                min_p: float | None = None) -> torch.Tensor:
+    """Return ``logits`` with every mask that is set applied, in ``sample_next_token``'s order: top-k, top-p, min-p."""
     if top_k is not None:
         logits = top_k_mask(logits, top_k)
     if top_p is not None:
         logits = top_p_mask(logits, top_p)
     if min_p is not None:
         logits = min_p_mask(logits, min_p)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    return logits
 
 
 @torch.no_grad()
