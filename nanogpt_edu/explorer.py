@@ -147,10 +147,10 @@ def explorer_document(rows: Sequence[NextTokenLogits], temperature: float = 0.8,
                  tooltips=[("token", "@token"), ("before the masks", "@before{0.0000}"),
                            ("after the masks", "@after{0.0000}")], name="bars")
     fig.title.text = f"Next-token probabilities after {json.dumps(first.prompt)}"  # as the page's code writes it
-    # each token's probability before the masks in grey (orange if a mask drops it), and after them in blue
+    # each token's probability before the masks in grey (outlined in orange if a mask drops it), after them in blue
     fig.vbar(x="token", top="before", source=bars, width=0.8, color=BEFORE, legend_label="before the masks")
-    fig.vbar(x="token", top="masked", source=bars, width=0.8, color=MASKED,
-             legend_label="masked: its probability becomes 0")
+    fig.vbar(x="token", top="masked", source=bars, width=0.45, fill_alpha=0, line_color=MASKED, hatch_pattern="/",
+             hatch_color=MASKED, legend_label="masked: had this, now 0")  # as the notebooks' mask figures draw it
     fig.vbar(x="token", top="after", source=bars, width=0.45, color=KEPT, legend_label="kept, renormalised")
     fig.xaxis.axis_label = f"next token (the {len(first.labels)} likeliest, most likely first)"
     fig.yaxis.axis_label = "probability"
