@@ -179,7 +179,7 @@ def _check_tensors(function: str, tensors: dict, dims: dict, optional: tuple = (
             continue
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"kernel.{function}: {name} must be a tensor, got {type(t).__name__}")
-        if not (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()) or t.dim() != dims.get(name, 1):
+        if not can_use(t) or t.dim() != dims.get(name, 1):
             layout = "contiguous" if t.is_contiguous() else "not contiguous"
             raise ValueError(f"kernel.{function}: {name} must be a contiguous {dims.get(name, 1)}-D float32 tensor "
                              f"on the CPU, got {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on "
