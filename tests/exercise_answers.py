@@ -22,22 +22,25 @@ best_text = decode([winner.item()])
     },
     ("04_forward_pass", 2): {
         "wrong": """
-blk = model.transformer.h[1]
-qq, kk, _ = blk.attn.c_attn(blk.ln_1(stream1)).split(config.n_embd, dim=2)
-qq = qq.view(B, T, n_head, head_size).transpose(1, 2)
-kk = kk.view(B, T, n_head, head_size).transpose(1, 2)
-head2_weights = F.softmax(qq @ kk.transpose(-2, -1) / math.sqrt(head_size), dim=-1)[0, 2]  # no mask
+helper = attention_weights  # the notebook's own function under another name: right for stream1 only
+def head_attention(stream, layer, head):
+    return helper(x)[layer, head]
 """,
         "other_names": """
-blk = model.transformer.h[1]
-normed1 = blk.ln_1(stream1)[0]                          # (T, C)
-w_q, w_k, _ = blk.attn.c_attn.weight.split(config.n_embd, dim=0)
-b_q, b_k, _ = blk.attn.c_attn.bias.split(config.n_embd, dim=0)
-rows = slice(2 * head_size, 3 * head_size)               # head 2's slice of the dims
-qh = normed1 @ w_q[rows].T + b_q[rows]
-kh = normed1 @ w_k[rows].T + b_k[rows]
-raw = qh @ kh.T / head_size ** 0.5
-head2_weights = torch.softmax(raw.masked_fill(torch.ones(T, T).triu(1).bool(), -torch.inf), dim=-1)
+import numpy as np
+
+def head_attention(s, which_block, which_head):
+    blk = model.transformer.h[which_block]
+    normed = blk.ln_1(s)[0].double().numpy()                     # (T, C), in NumPy from here on
+    w = blk.attn.c_attn.weight.double().numpy()                  # (3C, C)
+    b = blk.attn.c_attn.bias.double().numpy()
+    dims = slice(which_head * head_size, (which_head + 1) * head_size)
+    qh = normed @ w[:config.n_embd][dims].T + b[:config.n_embd][dims]
+    kh = normed @ w[config.n_embd:2 * config.n_embd][dims].T + b[config.n_embd:2 * config.n_embd][dims]
+    raw = qh @ kh.T / np.sqrt(head_size)
+    raw[np.triu_indices(len(raw), k=1)] = -np.inf
+    e = np.exp(raw - raw.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).tolist()          # nested lists of float64
 """,
     },
     ("05_sampling_loop", 1): {
