@@ -111,7 +111,7 @@ def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=N
     top.legend(fontsize=FONT_SIZE)
     _masked_bars(bottom, F.softmax(logits, dim=-1), F.softmax(masked, dim=-1), masked, ids)
     bottom.set_title(f"After softmax the {plural(k, 'kept token')} share all the probability")
-    bottom.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+    bottom.set_ylabel("probability (linear scale)", fontsize=FONT_SIZE + 1)
     _token_axis(bottom, labels, "token (highest logit first)")
     _mask_legend(bottom)
     fig.tight_layout()
@@ -134,7 +134,7 @@ def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = 
         ax.set_title(f"temperature {t}: entropy {entropy(probs):.2f} nats", fontsize=FONT_SIZE + 2)
         _token_axis(ax, labels, "next token")
     for ax in axes[:, 0]:
-        ax.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+        ax.set_ylabel("probability (linear scale)", fontsize=FONT_SIZE + 1)
     for ax in axes.flat[len(temperatures):]:
         ax.set_visible(False)
     top_height = max(ax.patches[0].get_height() for ax in axes.flat[: len(temperatures)])
@@ -165,7 +165,7 @@ def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k
     for ax, (name, masked) in zip(axes.flat, rules):
         _masked_bars(ax, before, F.softmax(masked[0], dim=-1), masked[0], ids)
         ax.set_title(f"{name}: {plural(int(torch.isfinite(masked).sum()), 'token')} kept", fontsize=FONT_SIZE + 2)
-        ax.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+        ax.set_ylabel("probability (linear scale)", fontsize=FONT_SIZE + 1)
         _token_axis(ax, labels, "next token")
     _mask_legend(axes[0, 1])
     fig.suptitle(f"Four ways to choose the candidates, on the same distribution (temperature {temperature})",

@@ -91,7 +91,7 @@ def test_temperature_grid_reports_entropy():
     assert len(panels) == 3
     assert all(len(ax.patches) == 10 for ax in panels)
     assert "entropy" in panels[0].get_title()
-    assert panels[0].get_ylabel() == "probability"
+    assert panels[0].get_ylabel() == "probability (linear scale)"
     assert all(ax.get_xlabel() for ax in panels)
     # lower temperature, lower entropy
     e = [float(ax.get_title().split("entropy ")[1].split()[0]) for ax in panels]
