@@ -273,7 +273,7 @@ def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15,
     ax.bar(x + 0.2, [counts[i].item() for i in ids], width=0.4, color=KEPT,
            label=f"share of {draws.numel():,} draws")
     _token_axis(ax, [token_label(i, decode_bytes) for i in ids], "token (most likely first)")
-    ax.set_ylabel("probability, or share of draws", fontsize=FONT_SIZE + 1)
+    ax.set_ylabel("probability, or share of draws (linear scale)", fontsize=FONT_SIZE + 1)
     n = draws.numel()  # the same bars read as counts on the right: share x n
     counts_axis = ax.secondary_yaxis("right", functions=(lambda share: share * n, lambda count: count / n))
     counts_axis.set_ylabel(f"count of {n:,} draws", fontsize=FONT_SIZE + 1)
