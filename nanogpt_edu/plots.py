@@ -339,6 +339,28 @@ def plot_every_probability(logits: torch.Tensor, names: Sequence[str], settings:
     return fig
 
 
+def plot_log_probabilities(logits: torch.Tensor, names: Sequence[str], temperatures: Sequence[float] = (0.5, 1.0, 2.0),
+                           title: str = "Log-probabilities: temperature divides every gap by T") -> Figure:
+    """Return ln p of every token of a small vocabulary, one line per temperature: log_softmax(logits / T).
+
+    On this axis the tail that a linear probability axis squashes to nothing is visible, and temperature's effect
+    is plain: the gaps between tokens' log-probabilities are the logits' gaps divided by T.
+    """
+    order = torch.argsort(logits, descending=True).tolist()
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 4.2))
+    for t, colour in zip(temperatures, plt.get_cmap("viridis")(torch.linspace(0, 0.85, len(temperatures)).numpy())):
+        log_probs = F.log_softmax(logits.double() / t, dim=-1)
+        ax.plot(range(len(order)), [log_probs[i].item() for i in order], marker="o", color=colour,
+                label=f"temperature {t}")
+    _token_axis(ax, [repr(names[i]) for i in order], "token (highest logit first)")
+    ax.set_ylabel("log-probability ln p (nats)\n(linear axis; 0 means p = 1)", fontsize=FONT_SIZE + 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=FONT_SIZE)
+    fig.tight_layout()
+    return fig
+
+
 def token_spans_html(ids: Sequence[int], decode_bytes=None) -> str:
     """Return HTML showing each token of ``ids`` as a coloured span (hover: its id); spaces show as "·"."""
     decode_bytes = decode_bytes or get_encoding().decode_single_token_bytes

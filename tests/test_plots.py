@@ -11,7 +11,7 @@ from nanogpt_edu.plots import (
     plot_gelu, plot_kept_per_step, plot_logit_lens, plot_next_token_probs, plot_temperature_grid,
     plot_time_per_token, plot_top_k_mask, plural, token_label, token_spans_html,
 )
-from nanogpt_edu.plots import plot_every_probability
+from nanogpt_edu.plots import plot_every_probability, plot_log_probabilities
 from nanogpt_edu.sampling import top_k_mask
 
 LOGITS = torch.randn(50257, generator=torch.Generator().manual_seed(0)) * 2
@@ -39,6 +39,7 @@ FIGURES = {  # every figure of the notebooks, made from small inputs
     "kept per step": lambda: plot_kept_per_step([3, 50, 7], top_k=20, top_p=0.9),
     "every probability": lambda: plot_every_probability(TOY, TOY_NAMES, [dict(temperature=0.5), dict(top_k=2),
                                                                          dict(top_p=0.5)]),
+    "log-probabilities": lambda: plot_log_probabilities(TOY, TOY_NAMES),
 }
 
 
@@ -174,6 +175,17 @@ def test_every_probability_draws_every_token_with_the_masks_of_sample_next_token
     assert panels[0].get_shared_y_axes().joined(panels[0], panels[3])  # one scale for all panels
     assert "linear" in panels[0].get_ylabel()
     assert [t.get_text() for t in panels[3].get_xticklabels()] == [repr(n) for n in TOY_NAMES]
+
+
+def test_log_probabilities_are_log_softmax_and_temperature_divides_their_gaps():
+    fig = plot_log_probabilities(TOY, TOY_NAMES, temperatures=(0.5, 1.0, 2.0))
+    ax = fig.axes[0]
+    lines = [torch.tensor(line.get_ydata(), dtype=torch.float64) for line in ax.lines]
+    assert len(lines) == 3 and all(len(y) == len(TOY) for y in lines)
+    torch.testing.assert_close(lines[1], torch.log_softmax(TOY.double(), -1))
+    for y, t in zip(lines, (0.5, 1.0, 2.0)):
+        torch.testing.assert_close(y[0] - y, (TOY[0] - TOY).double() / t)  # every gap is the logits' gap / T
+    assert "nats" in ax.get_ylabel() and ax.get_yscale() == "linear"
 
 
 def test_kept_per_step_against_fixed_k():
