@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from torch.nn import functional as F
 
-from .sampling import min_p_mask, top_k_mask, top_p_mask
+from .sampling import apply_masks, apply_temperature, min_p_mask, top_k_mask, top_p_mask
 from .tokenizer import get_encoding
 
 KEPT, MASKED, BEFORE = "#2b7bb9", "#f2a93b", "#c9c9c9"  # kept tokens, masked tokens, probabilities before a mask
@@ -111,7 +111,7 @@ def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=N
     top.legend(fontsize=FONT_SIZE)
     _masked_bars(bottom, F.softmax(logits, dim=-1), F.softmax(masked, dim=-1), masked, ids)
     bottom.set_title(f"After softmax the {plural(k, 'kept token')} share all the probability")
-    bottom.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+    bottom.set_ylabel("probability (linear scale)", fontsize=FONT_SIZE + 1)
     _token_axis(bottom, labels, "token (highest logit first)")
     _mask_legend(bottom)
     fig.tight_layout()
@@ -134,7 +134,7 @@ def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = 
         ax.set_title(f"temperature {t}: entropy {entropy(probs):.2f} nats", fontsize=FONT_SIZE + 2)
         _token_axis(ax, labels, "next token")
     for ax in axes[:, 0]:
-        ax.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+        ax.set_ylabel("probability (linear scale)", fontsize=FONT_SIZE + 1)
     for ax in axes.flat[len(temperatures):]:
         ax.set_visible(False)
     top_height = max(ax.patches[0].get_height() for ax in axes.flat[: len(temperatures)])
@@ -165,7 +165,7 @@ def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k
     for ax, (name, masked) in zip(axes.flat, rules):
         _masked_bars(ax, before, F.softmax(masked[0], dim=-1), masked[0], ids)
         ax.set_title(f"{name}: {plural(int(torch.isfinite(masked).sum()), 'token')} kept", fontsize=FONT_SIZE + 2)
-        ax.set_ylabel("probability", fontsize=FONT_SIZE + 1)
+        ax.set_ylabel("probability (linear scale)", fontsize=FONT_SIZE + 1)
         _token_axis(ax, labels, "next token")
     _mask_legend(axes[0, 1])
     fig.suptitle(f"Four ways to choose the candidates, on the same distribution (temperature {temperature})",
@@ -308,7 +308,10 @@ def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: S
 
 
 def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15, decode_bytes=None) -> Figure:
-    """Return the ``top`` likeliest tokens' probabilities beside how often each came up in ``draws`` (ids)."""
+    """Return the ``top`` likeliest tokens' probabilities beside how often each came up in ``draws`` (ids).
+
+    Both on one linear scale: the left axis reads probability (the draws' bars as their share), the right axis
+    the same heights as counts of draws."""
     ids = _top(probs, top)
     counts = torch.bincount(draws.flatten(), minlength=probs.numel()).float() / draws.numel()
     x = torch.arange(len(ids))
@@ -317,7 +320,11 @@ def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15,
     ax.bar(x + 0.2, [counts[i].item() for i in ids], width=0.4, color=KEPT,
            label=f"share of {draws.numel():,} draws")
     _token_axis(ax, [token_label(i, decode_bytes) for i in ids], "token (most likely first)")
-    ax.set_ylabel("probability / share of draws", fontsize=FONT_SIZE + 1)
+    ax.set_ylabel("probability, or share of draws (linear scale)", fontsize=FONT_SIZE + 1)
+    n = draws.numel()  # the same bars read as counts on the right: share x n
+    counts_axis = ax.secondary_yaxis("right", functions=(lambda share: share * n, lambda count: count / n))
+    counts_axis.set_ylabel(f"count of {n:,} draws", fontsize=FONT_SIZE + 1)
+    counts_axis.tick_params(labelsize=FONT_SIZE)
     ax.set_title("torch.multinomial draws each token about as often as its probability says")
     ax.legend(fontsize=FONT_SIZE)
     fig.tight_layout()
@@ -334,6 +341,69 @@ def plot_kept_per_step(kept: Sequence[int], top_k: int, top_p: float) -> Figure:
     ax.set_xlabel("generation step")
     ax.set_ylabel("tokens kept (log scale)")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_every_probability(logits: torch.Tensor, names: Sequence[str], settings: Sequence[dict],
+                           title: str = "Every token's probability under each setting") -> Figure:
+    """Return one panel per sampling setting, each with a bar for every token of a small vocabulary.
+
+    ``logits`` (V,) are the scores of the ``names`` (V of them, a dozen or so); each of ``settings`` is a dict of
+    ``sample_next_token``'s keywords (temperature, top_k, top_p, min_p; temperature > 0). Bars as in the mask
+    figures: grey the probability at that temperature, blue what a kept token gets after the masks (renormalised),
+    an orange outline a masked one at the height it had. All panels share one probability scale.
+    """
+    order = torch.argsort(logits, descending=True).tolist()
+    labels = [repr(names[i]) for i in order]
+    rows = (len(settings) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(MAX_WIDTH, 2.3 * rows + 1.4), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, setting in zip(axes.flat, settings):
+        scaled = apply_temperature(logits[None, :].double(), setting.get("temperature", 1.0))
+        masked = apply_masks(scaled, setting.get("top_k"), setting.get("top_p"), setting.get("min_p"))[0]
+        before = F.softmax(scaled[0], dim=-1)
+        _masked_bars(ax, before, F.softmax(masked, dim=-1), masked, order)
+        kept = torch.isfinite(masked)
+        what = ", ".join(f"{key.replace('temperature', 'T').replace('_', '-')} {value}"
+                         for key, value in setting.items())
+        ax.set_title(f"{what}: {plural(int(kept.sum()), 'token')} kept, holding {before[kept].sum():.0%}",
+                     fontsize=FONT_SIZE + 1)
+    for ax in axes.flat[len(settings):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("probability\n(linear scale)", fontsize=FONT_SIZE + 1)
+    for ax in axes.flat:
+        ax.tick_params(axis="y", labelsize=FONT_SIZE)
+    last = len(settings) - 1
+    for i, ax in enumerate(axes.flat[: len(settings)]):
+        if i + 2 > last:  # the lowest visible panel of each column carries the token names
+            _token_axis(ax, labels, "token (highest logit first)")
+            ax.xaxis.set_tick_params(labelbottom=True)
+    _mask_legend(axes.flat[0])
+    fig.suptitle(title, fontsize=FONT_SIZE + 3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_log_probabilities(logits: torch.Tensor, names: Sequence[str], temperatures: Sequence[float] = (0.5, 1.0, 2.0),
+                           title: str = "Log-probabilities: temperature divides every gap by T") -> Figure:
+    """Return ln p of every token of a small vocabulary, one line per temperature: log_softmax(logits / T).
+
+    On this axis the tail that a linear probability axis squashes to nothing is visible, and temperature's effect
+    is plain: the gaps between tokens' log-probabilities are the logits' gaps divided by T.
+    """
+    order = torch.argsort(logits, descending=True).tolist()
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 4.2))
+    for t, colour in zip(temperatures, plt.get_cmap("viridis")(torch.linspace(0, 0.85, len(temperatures)).numpy())):
+        log_probs = F.log_softmax(logits.double() / t, dim=-1)
+        ax.plot(range(len(order)), [log_probs[i].item() for i in order], marker="o", color=colour,
+                label=f"temperature {t}")
+    _token_axis(ax, [repr(names[i]) for i in order], "token (highest logit first)")
+    ax.set_ylabel("log-probability ln p (nats)\n(linear axis; 0 means p = 1)", fontsize=FONT_SIZE + 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=FONT_SIZE)
     fig.tight_layout()
     return fig
 

@@ -11,6 +11,7 @@ from nanogpt_edu.plots import (
     plot_gelu, plot_kept_per_step, plot_logit_lens, plot_next_token_probs, plot_temperature_grid,
     plot_time_per_token, plot_top_k_mask, plural, token_label, token_spans_html,
 )
+from nanogpt_edu.plots import plot_every_probability, plot_log_probabilities
 from nanogpt_edu.sampling import top_k_mask
 
 LOGITS = torch.randn(50257, generator=torch.Generator().manual_seed(0)) * 2
@@ -25,6 +26,8 @@ def close_figures():
 PROBS = torch.softmax(LOGITS, -1)
 ARCHITECTURE = [("idx", "(B, T)", (1, 5)), ("ln_1", "(B, T, C)", (1, 5, 8)), ("x + attn(ln_1(x))", "(B, T, C)",
                 (1, 5, 8)), ("lm_head", "(B, 1, vocab)", (1, 1, 50257))]
+TOY = torch.tensor([2.0, 1.0, 1.0, 0.0, -1.0])  # a small vocabulary with a tie
+TOY_NAMES = [" a", " b", " c", " d", " e"]
 FIGURES = {  # every figure of the notebooks, made from small inputs
     "next token": lambda: plot_next_token_probs(PROBS, top=20),
     "top-k mask": lambda: plot_top_k_mask(LOGITS, k=10),
@@ -37,6 +40,9 @@ FIGURES = {  # every figure of the notebooks, made from small inputs
     "logit lens": lambda: plot_logit_lens(["emb", "1", "2"], ["'a'", "'b'", "'b'"], [0.1, 0.3, 0.5], "lens"),
     "draws": lambda: plot_draws_vs_probs(PROBS, torch.multinomial(PROBS, 500, replacement=True)),
     "kept per step": lambda: plot_kept_per_step([3, 50, 7], top_k=20, top_p=0.9),
+    "every probability": lambda: plot_every_probability(TOY, TOY_NAMES, [dict(temperature=0.5), dict(top_k=2),
+                                                                         dict(top_p=0.5)]),
+    "log-probabilities": lambda: plot_log_probabilities(TOY, TOY_NAMES),
 }
 
 
@@ -89,7 +95,7 @@ def test_temperature_grid_reports_entropy():
     assert len(panels) == 3
     assert all(len(ax.patches) == 10 for ax in panels)
     assert "entropy" in panels[0].get_title()
-    assert panels[0].get_ylabel() == "probability"
+    assert panels[0].get_ylabel() == "probability (linear scale)"
     assert all(ax.get_xlabel() for ax in panels)
     # lower temperature, lower entropy
     e = [float(ax.get_title().split("entropy ")[1].split()[0]) for ax in panels]
@@ -163,6 +169,46 @@ def test_draws_vs_probabilities_counts_shares():
     fig = plot_draws_vs_probs(probs, draws, top=3, decode_bytes=lambda i: str(i).encode())
     bars = fig.axes[0].patches
     assert [round(b.get_height(), 3) for b in bars] == [0.5, 0.3, 0.2, 0.5, 0.25, 0.25]
+
+
+def test_draws_vs_probabilities_reads_the_same_bars_as_counts_on_the_right():
+    fig = plot_draws_vs_probs(torch.tensor([0.5, 0.5]), torch.tensor([0, 1, 1, 1]), top=2,
+                              decode_bytes=lambda i: str(i).encode())
+    (counts,) = fig.axes[0].child_axes
+    assert counts.get_ylabel() == "count of 4 draws"
+    fig.canvas.draw()
+    share_top, count_top = fig.axes[0].get_ylim()[1], counts.get_ylim()[1]
+    assert count_top == pytest.approx(4 * share_top)  # a bar's share on the left is its count / 4 on the right
+
+
+def test_every_probability_draws_every_token_with_the_masks_of_sample_next_token():
+    settings = [dict(temperature=0.5), dict(top_k=2), dict(temperature=2.0, top_p=0.5), dict(min_p=0.3)]
+    fig = plot_every_probability(TOY, TOY_NAMES, settings)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 4 and all(len(ax.patches) == 2 * len(TOY) for ax in panels)  # every token, each panel
+    assert panels[1].get_title() == "top-k 2: 3 tokens kept, holding 90%"  # the tie with the 2nd score stays
+    from nanogpt_edu.explorer import filtered_distribution
+    for ax, setting in zip(panels, settings):
+        expected = filtered_distribution(TOY, **{"temperature": 1.0, **setting})
+        grey, shown = ax.patches[: len(TOY)], ax.patches[len(TOY):]
+        assert [b.get_height() for b in grey] == pytest.approx(expected.before.tolist())
+        kept = [b for b in shown if not b.get_hatch()]
+        assert [b.get_height() for b in kept] == pytest.approx(expected.after[: len(kept)].tolist())
+        assert len(kept) == expected.kept and f"{expected.kept} token" in ax.get_title()
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[3])  # one scale for all panels
+    assert "linear" in panels[0].get_ylabel()
+    assert [t.get_text() for t in panels[3].get_xticklabels()] == [repr(n) for n in TOY_NAMES]
+
+
+def test_log_probabilities_are_log_softmax_and_temperature_divides_their_gaps():
+    fig = plot_log_probabilities(TOY, TOY_NAMES, temperatures=(0.5, 1.0, 2.0))
+    ax = fig.axes[0]
+    lines = [torch.tensor(line.get_ydata(), dtype=torch.float64) for line in ax.lines]
+    assert len(lines) == 3 and all(len(y) == len(TOY) for y in lines)
+    torch.testing.assert_close(lines[1], torch.log_softmax(TOY.double(), -1))
+    for y, t in zip(lines, (0.5, 1.0, 2.0)):
+        torch.testing.assert_close(y[0] - y, (TOY[0] - TOY).double() / t)  # every gap is the logits' gap / T
+    assert "nats" in ax.get_ylabel() and ax.get_yscale() == "linear"
 
 
 def test_kept_per_step_against_fixed_k():
