@@ -5,11 +5,11 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # what `make sample` passes to the sample command (sample.py's flags)
 ARGS ?= --start="ROMEO:" --num_samples=3 --max_new_tokens=200
 
-.PHONY: setup sample test notebooks html student bench clean
+.PHONY: setup sample test lab notebooks html student bench bench-update clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/setup.sh
+$(VENV)/.installed: pyproject.toml scripts/setup.sh scripts/install_torch.py
 	VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
@@ -17,9 +17,18 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 sample: setup
 	$(PY) -m nanogpt_edu.sample $(ARGS)
 
-# every test: the package's unit tests, then every notebook's stored outputs re-checked by nbval
+# every test: the package's unit tests, then every notebook's stored outputs re-checked by nbval. The tests run
+# side by side, a worker per core (at most 4); tests/conftest.py keeps each file's tests in one worker, nbval's
+# cells of a notebook in order in one kernel. TEST_ARGS adds pytest options ("-n 0": all in this one process).
+TEST_ARGS ?=
 test: setup
-	$(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadgroup tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(TEST_ARGS)
+
+# JupyterLab on the series. Jupyter refuses to start as root (containers, some class servers) unless told to, so
+# --allow-root is added only then; LAB_ARGS adds more (in a container: LAB_ARGS="--ip=0.0.0.0 --no-browser").
+LAB_ARGS ?=
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # re-run every notebook top to bottom, in order, and store the fresh outputs (after changing a notebook or the package)
 notebooks: setup
@@ -38,12 +47,17 @@ html: setup
 student: setup
 	$(PY) scripts/student_edition.py --out build/student
 
-# speed and memory measurements (a few minutes; prints tables, writes bench/results/)
+# speed and memory measurements: prints tables, writes build/bench/ (untracked); on a quiet machine it takes about
+# BENCH_MINUTES minutes. `make bench-update` writes the committed copy in bench/results/ instead.
+BENCH_OUT ?= build/bench
 bench: setup
-	$(PY) bench/generation.py
+	$(PY) bench/generation.py --out $(BENCH_OUT)
 	$(PY) bench/matvec.py
 	$(PY) bench/decode_parts.py
-	$(PY) bench/porting_memory.py
+	$(PY) bench/porting_memory.py --out $(BENCH_OUT)
+
+bench-update:
+	$(MAKE) bench BENCH_OUT=bench/results
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

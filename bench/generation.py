@@ -1,6 +1,6 @@
 """Generation speed on this machine: nanoGPT's loop vs our KV cache vs transformers, and the bandwidth bound.
 
-    python bench/generation.py   # prints a table; writes bench/results/time_per_token_*.png and results.json
+    python bench/generation.py [--out DIR]  # prints a table; writes DIR (build/bench)/time_per_token_*.png, results.json
 
 For the pocket model and for a model with GPT-2 124M's dims (random weights, same for every method): greedy
 decoding, fp32, CPU, a 5-token prompt and 200 new tokens, one warm-up run excluded, the median of several rounds
@@ -46,7 +46,8 @@ from nanogpt_edu.plots import plot_time_per_token
 from nanogpt_edu.porting import from_pretrained
 from nanogpt_edu.sampling import generate, generate_steps
 
-RESULTS = Path(__file__).parent / "results"
+# `make bench` writes here (untracked); `make bench-update` passes --out bench/results, the committed copy
+RESULTS = Path(__file__).resolve().parent.parent / "build" / "bench"
 
 
 def read_bandwidth(big: torch.Tensor, repeats: int = 3) -> float:
@@ -173,9 +174,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results (default build/bench)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    RESULTS.mkdir(exist_ok=True)
+    results = args.out
+    results.mkdir(parents=True, exist_ok=True)
     big = torch.ones(2**28)  # 1 GiB of fp32, far beyond any cache
     big.sum()  # touch every page before anything is timed
     rows = []
@@ -205,10 +208,10 @@ def main() -> None:
     for name, series in curves.items():
         positions = list(range(5, 5 + args.new))
         fig = plot_time_per_token(positions, series, title=f"Time per generated token, {name}")
-        path = RESULTS / f"time_per_token_{name.split()[0]}.png"
+        path = results / f"time_per_token_{name.split()[0]}.png"
         fig.savefig(path, dpi=100)
         print(f"wrote {path}")
-    (RESULTS / "results.json").write_text(json.dumps(
+    (results / "results.json").write_text(json.dumps(
         {"rows": rows, "curves": curves, "torch": torch.__version__,
          "threads": torch.get_num_threads()}, indent=2) + "\n")
 

@@ -28,7 +28,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-RESULTS = Path(__file__).parent / "results"
+# `make bench` writes here (untracked); `make bench-update` passes --out bench/results, the committed copy
+RESULTS = Path(__file__).resolve().parent.parent / "build" / "bench"
 
 CHILD = """
 import json
@@ -86,6 +87,7 @@ def measure(folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="gpt2-medium")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results (default build/bench)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_random_folder(args.size, Path(tmp))
@@ -94,8 +96,9 @@ def main() -> None:
     print(f"{args.size} dims: weights {weights / mib:,.0f} MiB fp32; while porting, peak anonymous memory grew "
           f"{m['anon_growth'] / mib:,.0f} MiB = {m['anon_growth'] / weights:.2f}x the weights, peak resident "
           f"memory {m['rss_growth'] / mib:,.0f} MiB = {m['rss_growth'] / weights:.2f}x (file pages included)")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "porting_memory.json").write_text(json.dumps(
+    results = args.out
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "porting_memory.json").write_text(json.dumps(
         {"size": args.size, **m, "anon_ratio": m["anon_growth"] / weights, "rss_ratio": m["rss_growth"] / weights},
         indent=2) + "\n")
 

@@ -241,6 +241,53 @@ def plot_gelu() -> Figure:
     return fig
 
 
+def plot_architecture(stages: Sequence[tuple[str, str, Sequence[int]]], repeated: tuple[int, int], n_layer: int,
+                      residuals: Sequence[tuple[int, int]] = (), title: str = "One forward pass") -> Figure:
+    """Return a top-to-bottom diagram of a forward pass: one box per stage, with its shape.
+
+    ``stages`` are ``(what, shape in symbols, shape)`` in the order the pass meets them (the shapes as a forward
+    hook recorded them, so the figure shows what really ran). ``stages[start:stop]`` for ``repeated = (start,
+    stop)`` are one Block, framed and marked as run ``n_layer`` times. Each ``(i, j)`` of ``residuals`` draws the
+    residual stream's skip from the output of stage ``i`` to stage ``j``, where it is added back.
+    """
+    n = len(stages)
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 0.62 * n + 1.4))
+    y = [n - 1 - i for i in range(n)]  # the first stage at the top
+    left, right = 0.12, 0.94
+    for i, (what, symbols, shape) in enumerate(stages):
+        added = what.lstrip().startswith("x +")
+        ax.add_patch(plt.Rectangle((left, y[i] - 0.3), right - left, 0.6, facecolor="#dbe9f6" if added else "white",
+                                   edgecolor=KEPT, linewidth=1.2))
+        ax.text(left + 0.02, y[i], what, ha="left", va="center", fontsize=FONT_SIZE + 1)
+        shown = "(" + ", ".join(f"{d:,}" for d in shape) + ")"
+        ax.text(right - 0.02, y[i], f"{symbols} = {shown}", ha="right", va="center", fontsize=FONT_SIZE + 1,
+                family="monospace")
+        if i + 1 < n:
+            ax.annotate("", xy=(0.5, y[i + 1] + 0.3), xytext=(0.5, y[i] - 0.3),
+                        arrowprops=dict(arrowstyle="->", color="black", linewidth=1))
+    for i, j in residuals:  # the skip leaves stage i's box on the left, runs down and joins stage j's box
+        ax.plot([left, 0.06, 0.06], [y[i], y[i], y[j]], color=MASKED, linewidth=1.6)
+        ax.annotate("", xy=(left, y[j]), xytext=(0.06, y[j]),
+                    arrowprops=dict(arrowstyle="->", color=MASKED, linewidth=1.6))
+    start, stop = repeated
+    top, bottom = y[start] + 0.45, y[stop - 1] - 0.45
+    ax.add_patch(plt.Rectangle((0.02, bottom), 0.96, top - bottom, fill=False, linestyle="--", edgecolor="grey"))
+    ax.text(0.99, (top + bottom) / 2, f"Block: run n_layer = {n_layer} times, the shape never changes",
+            rotation=270, ha="left", va="center", fontsize=FONT_SIZE)
+    ax.set_xlim(0, 1.04)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title)
+    ax.set_xlabel("each box: the stage, and its output's shape in symbols = as recorded (orange: the residual "
+                  "skips)", fontsize=FONT_SIZE)
+    ax.set_ylabel("the forward pass, top to bottom", fontsize=FONT_SIZE + 1)
+    fig.tight_layout()
+    return fig
+
+
 def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: Sequence[float],
                     title: str) -> Figure:
     """Return one bar per layer: the probability of that layer's top guess, labelled with the guess itself."""

@@ -4,20 +4,19 @@
 #   PYTHON=python3.11 bash scripts/setup.sh     # pick the interpreter
 #   TORCH_SPEC="torch==2.13.0" (default)       # the torch to install when .venv has none yet
 #
-# torch is installed first, on its own: with a torch already present, the project's loose requirement
-# (torch>=2.6) is satisfied and pip downloads nothing more. A GPU user installs the CUDA build of torch into
-# .venv before running this script (see the README), and this script leaves it alone.
+# torch is installed first, on its own, by scripts/install_torch.py: on Linux without an NVIDIA GPU it takes the
+# CPU build from PyTorch's CPU wheel index (the package index's Linux wheels are CUDA builds of several GB), and
+# falls back to the plain install, saying so, when that index cannot be reached. With a torch already present,
+# the project's loose requirement (torch>=2.6) is satisfied and pip downloads nothing more: a GPU user may install
+# the CUDA build of their choice into .venv before running this script (see the README), and it is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+export TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  echo "installing $TORCH_SPEC"
-  "$VENV/bin/pip" install --quiet --progress-bar off "$TORCH_SPEC"
-fi
+"$VENV/bin/python" scripts/install_torch.py
 echo "installing nanogpt-edu and its dependencies into $VENV"
 "$VENV/bin/pip" install --quiet --progress-bar off -e ".[test]"
 # A named Jupyter kernel inside .venv: the notebooks ask for "nanogpt-edu", so JupyterLab started from .venv runs

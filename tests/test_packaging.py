@@ -1,9 +1,12 @@
 """The project's own files agree with each other: dependencies, package data, CI and README."""
 
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,10 +21,16 @@ def test_environment_yml_asks_for_the_same_packages_as_pyproject():
     wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
     listed = {p for p in pip_section if not p.startswith("-e")}
-    assert listed == wanted
-    assert "-e ." in pip_section
-    assert "pip" in env["dependencies"] and any(str(d).startswith("python") for d in env["dependencies"])
+    torch = next(d for d in wanted if d.startswith("torch"))
+    # torch comes from conda-forge, as its CPU build (pip's Linux wheels are CUDA builds); the rest from pip
+    assert listed == wanted - {torch}
+    assert f"pytorch[version='{torch.removeprefix('torch')}',build='cpu*']" in conda
+    assert "-e ." in pip_section and "pip" in conda
+    assert f"python{project['requires-python']}" in conda  # the same Python range as the package
+    assert env["variables"]["GOMP_SPINCOUNT"] == "1000"  # as the Jupyter kernel make setup installs sets it
+    assert "ipykernel install --sys-prefix --name nanogpt-edu" in (ROOT / "environment.yml").read_text()
 
 
 def test_torch_requirement_is_satisfied_by_the_local_cpu_wheel():
@@ -73,3 +82,29 @@ def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise():
     assert spincount(GOMP_SPINCOUNT="50") == "50"  # the user's own value stays
     assert spincount(OMP_WAIT_POLICY="ACTIVE") == "None"  # and a wait policy of theirs is not overridden
     assert "--env GOMP_SPINCOUNT 1000" in (ROOT / "scripts" / "setup.sh").read_text()
+
+
+def test_every_readme_command_exists_as_written():
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([\w-]+):", makefile, re.M))
+    for target in re.findall(r"`make ([\w-]+)", readme):
+        assert target in targets, f"README mentions `make {target}`, which the Makefile lacks"
+    # Python commands name the project's environment (plain `python` from the root finds the package's folder but
+    # not its dependencies), except inside the conda block, which runs in the activated conda environment
+    outside_conda = readme.replace(readme[readme.index("conda env create -f"):readme.index("jupyter lab notebooks/   #")], "")
+    for module in re.findall(r"(?<![\w/.])python -m ([\w.]+)", outside_conda):
+        pytest.fail(f"`python -m {module}` in the README: write `.venv/bin/python -m {module}`")
+    for module in re.findall(r"\.venv/bin/python -m ([\w.]+)", readme):
+        top = module.split(".")[0]
+        assert top != "nanogpt_edu" or (ROOT / (module.replace(".", "/") + ".py")).is_file(), module
+    for script in re.findall(r"\.venv/bin/python (scripts/[\w/]+\.py|bench/[\w/]+\.py)", readme):
+        assert (ROOT / script).is_file(), script
+
+
+def test_make_lab_allows_root_only_as_root():
+    # Jupyter exits at once as root without --allow-root; a normal user never needs it
+    out = subprocess.run(["make", "-n", "-o", ".venv/.installed", "lab"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if "jupyter lab notebooks/" in line)
+    assert ("--allow-root" in line) == (os.geteuid() == 0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nanogpt_edu.plots import (
-    FONT_SIZE, KEPT, MASKED, MAX_WIDTH, entropy, plot_attention, plot_draws_vs_probs, plot_filter_comparison,
+    FONT_SIZE, KEPT, MASKED, MAX_WIDTH, entropy, plot_architecture, plot_attention, plot_draws_vs_probs, plot_filter_comparison,
     plot_gelu, plot_kept_per_step, plot_logit_lens, plot_next_token_probs, plot_temperature_grid,
     plot_time_per_token, plot_top_k_mask, plural, token_label, token_spans_html,
 )
@@ -23,6 +23,8 @@ def close_figures():
 
 
 PROBS = torch.softmax(LOGITS, -1)
+ARCHITECTURE = [("idx", "(B, T)", (1, 5)), ("ln_1", "(B, T, C)", (1, 5, 8)), ("x + attn(ln_1(x))", "(B, T, C)",
+                (1, 5, 8)), ("lm_head", "(B, 1, vocab)", (1, 1, 50257))]
 FIGURES = {  # every figure of the notebooks, made from small inputs
     "next token": lambda: plot_next_token_probs(PROBS, top=20),
     "top-k mask": lambda: plot_top_k_mask(LOGITS, k=10),
@@ -31,6 +33,7 @@ FIGURES = {  # every figure of the notebooks, made from small inputs
     "time per token": lambda: plot_time_per_token([1, 2, 3], {"naive": [0.1, 0.2, 0.3]}),
     "attention": lambda: plot_attention(torch.softmax(torch.randn(4, 5, 5), -1), list("abcde"), "attention"),
     "gelu": plot_gelu,
+    "architecture": lambda: plot_architecture(ARCHITECTURE, repeated=(1, 3), n_layer=6, residuals=[(0, 2)]),
     "logit lens": lambda: plot_logit_lens(["emb", "1", "2"], ["'a'", "'b'", "'b'"], [0.1, 0.3, 0.5], "lens"),
     "draws": lambda: plot_draws_vs_probs(PROBS, torch.multinomial(PROBS, 500, replacement=True)),
     "kept per step": lambda: plot_kept_per_step([3, 50, 7], top_k=20, top_p=0.9),
@@ -125,6 +128,26 @@ def test_attention_heatmaps_one_per_head_labelled_with_tokens():
     below = torch.ones(3, 3, dtype=torch.bool).tril()
     assert torch.equal(shown[below], weights[2][below]) and shown[~below].isnan().all()  # the future is masked
     assert [t.get_text() for t in heads[0].texts] == [f"{float(w):.2f}" for w in weights[0][below]]
+
+
+def test_architecture_has_a_box_per_stage_with_its_shapes_the_block_framed_and_the_skips_drawn():
+    fig = plot_architecture(ARCHITECTURE, repeated=(1, 3), n_layer=6, residuals=[(0, 2)], title="map")
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    for what, symbols, _ in ARCHITECTURE:
+        assert what in texts
+    assert "(B, 1, vocab) = (1, 1, 50,257)" in texts and "(B, T) = (1, 5)" in texts  # symbols = recorded shape
+    boxes = [p for p in ax.patches if p.get_fill()]
+    assert len(boxes) == 4
+    shaded = [matplotlib.colors.to_hex(b.get_facecolor()) != "#ffffff" for b in boxes]
+    assert shaded == [False, False, True, False]  # the residual addition stands out
+    (frame,) = [p for p in ax.patches if not p.get_fill()]
+    tops = [b.get_y() + b.get_height() for b in boxes]
+    assert frame.get_y() < boxes[2].get_y() and frame.get_y() + frame.get_height() > tops[1]  # the block's stages
+    assert frame.get_y() + frame.get_height() < boxes[0].get_y()  # and not the stage before it
+    assert any("n_layer = 6" in t for t in texts)
+    skips = [line for line in ax.lines if matplotlib.colors.to_hex(line.get_color()) == MASKED]
+    assert len(skips) == 1 and list(skips[0].get_ydata()) == [3, 3, 1]  # from stage 0's box down to stage 2's
 
 
 def test_logit_lens_marks_the_final_answer():
