@@ -2,9 +2,9 @@
 
     python scripts/student_edition.py [--out build/student]    (or: make student)
 
-A solution cell is a code cell tagged ``solution``; nbconvert's ``TagRemovePreprocessor`` removes those, and its
-``ClearOutputPreprocessor`` clears every output (the stored outputs of check cells would show the answers). The
-check cells stay: run in the student edition, each stops with one line, ``not done yet: define `...` first``,
+A solution cell is a code cell tagged ``solution``; nbconvert's ``TagRemovePreprocessor`` removes those, an empty
+answer cell takes each one's place, and nbconvert's ``ClearOutputPreprocessor`` clears every output (the stored
+outputs of check cells would show the answers). The check cells stay: run in the student edition, each stops with one line, ``not done yet: define `...` first``,
 until the learner's own answer is in place. A tool of the repository: it reads this checkout's notebooks.
 """
 
@@ -18,6 +18,10 @@ from nbconvert.preprocessors import ClearOutputPreprocessor, TagRemovePreprocess
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 SOLUTION_TAG = "solution"
+CHECK_TAG = "check"
+ANSWER_TAG = "answer"
+# the empty cell the student edition puts before each check, where the learner writes the exercise's answer
+ANSWER_CELL = "# Your answer here: define what the exercise above asks for, then run the check cell below.\n"
 README = """# nanogpt-edu, student edition
 
 The notebooks of the series without their solutions. Work through them in order, starting with
@@ -34,10 +38,23 @@ def notebooks(folder: Path) -> list[Path]:
     return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
 
 
+def add_answer_cells(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Return ``nb`` with an empty answer cell (tagged ``answer``) before each check cell (``nb`` is changed too)."""
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and CHECK_TAG in cell.metadata.get("tags", []):
+            cells.append(nbformat.v4.new_code_cell(ANSWER_CELL, metadata={"tags": [ANSWER_TAG]}))
+        cells.append(cell)
+    nb.cells = cells
+    return nb
+
+
 def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Return ``nb`` without its solution cells and with every output cleared (``nb`` itself is changed too)."""
+    """Return ``nb`` without its solution cells, with an empty answer cell before each check and every output
+    cleared (``nb`` itself is changed too)."""
     remove = TagRemovePreprocessor(remove_cell_tags={SOLUTION_TAG}, enabled=True)
     nb, _ = remove.preprocess(nb, {})
+    add_answer_cells(nb)
     nb, _ = ClearOutputPreprocessor(enabled=True).preprocess(nb, {})
     return nb
 

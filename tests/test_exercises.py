@@ -20,7 +20,7 @@ from nanogpt_edu.exercises import NotDoneYet, NotRightYet, answers, check
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))  # the student edition is a repository tool
-from student_edition import SOLUTION_TAG, build, student_notebook  # noqa: E402
+from student_edition import ANSWER_CELL, ANSWER_TAG, SOLUTION_TAG, build, student_notebook  # noqa: E402
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXERCISE_HEADING = re.compile(r"^## Exercise (\d) \((core|stretch)\)", re.M)
@@ -77,8 +77,12 @@ def test_make_student_writes_every_notebook_without_solutions_or_outputs(tmp_pat
         t, s = nbformat.read(teacher, as_version=4), nbformat.read(student, as_version=4)
         assert not [c for c in s.cells if SOLUTION_TAG in tags(c)]
         assert all(not c.get("outputs") for c in s.cells if c.cell_type == "code")
-        assert len(s.cells) == len(t.cells) - len([c for c in t.cells if SOLUTION_TAG in tags(c)])
+        # each solution cell gives way to an empty answer cell, right before its check
+        assert len(s.cells) == len(t.cells)
         assert len(check_cells(s)) == len(check_cells(t))
+        for i, cell in enumerate(s.cells):
+            if "check" in tags(cell):
+                assert ANSWER_TAG in tags(s.cells[i - 1]) and s.cells[i - 1].source == ANSWER_CELL
 
 
 def errors(cell) -> list:
@@ -89,6 +93,25 @@ def run(client: NotebookClient, index: int, source: str):
     cell = nbformat.v4.new_code_cell(source)
     client.execute_cell(cell, index)
     return cell
+
+
+# Answers of every plausible wrong type: each asked name set to one of these (or to a function returning it, for
+# exercises that ask for a function) must get one "not right yet" line from the check, never another error.
+WRONG_TYPES = ["None", "[]", "[1, 2, 3]", "'some text'", "_np.int64(-7)", "_np.float64(-0.5)", "_torch.tensor(-7)",
+               "_torch.tensor([0.5, 0.5])", "float('nan')"]
+
+
+def asked_names(check_source: str) -> list[str]:
+    return re.findall(r"[\"'](\w+)[\"']", re.search(r"answers\(([^)]*)\)", check_source)[1])
+
+
+def write_answer(client: NotebookClient, nb, index: int, source: str) -> None:
+    """Write ``source`` into the empty answer cell before check cell ``index`` and run it, as a learner does."""
+    answer_cell = nb.cells[index - 1]
+    assert ANSWER_TAG in tags(answer_cell)
+    answer_cell.source = source
+    client.execute_cell(answer_cell, index - 1)
+    assert not errors(answer_cell), errors(answer_cell)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -112,12 +135,19 @@ def test_student_edition_checks_say_not_done_yet_then_grade_wrong_and_other_name
             assert error.ename == "NotDoneYet", (name, error.ename, error.evalue)
             assert len(error.traceback) == 1 and error.traceback[0].startswith("not done yet: define `"), name
             assert [o for o in cell.outputs if o.output_type != "error"] == [], name
+            for value in WRONG_TYPES:
+                for answer in (value, f"lambda *args, **kwargs: {value}"):
+                    names = asked_names(cell.source)
+                    write_answer(client, nb, index, "import numpy as _np, torch as _torch\n"
+                                 + "\n".join(f"{n} = {answer}" for n in names))
+                    graded = run(client, index, cell.source)
+                    assert [e.ename for e in errors(graded)] == ["NotRightYet"], (name, answer, errors(graded))
             answer = ANSWERS[(path.stem, number)]
-            assert not errors(run(client, index, answer["wrong"])), name
+            write_answer(client, nb, index, answer["wrong"])
             graded = run(client, index, cell.source)
             assert [e.ename for e in errors(graded)] == ["NotRightYet"], (name, errors(graded))
             assert graded.outputs[-1].traceback[0].startswith("not right yet: "), name
-            assert not errors(run(client, index, answer["other_names"])), name
+            write_answer(client, nb, index, answer["other_names"])
             passed = run(client, index, cell.source)
             assert not errors(passed), (name, errors(passed))
     assert number == expected_checks
