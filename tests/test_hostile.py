@@ -1036,3 +1036,60 @@ def test_a_containers_memory_limit_counts_and_its_file_cache_does_not(tmp_path, 
     names = ("memory.max", "memory.current", "file") if v2 else \
         ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
     assert _room(tmp_path, *names) == room
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files the package writes: only into folders the user chose, created exclusively, renamed into place
+
+
+def test_tiktokens_shared_default_cache_is_never_written(tmp_path):
+    # /tmp/data-gym-cache is everyone's: a link planted there by another user must not be followed, and nothing
+    # of ours appears there, yet tiktoken.get_encoding("gpt2") works offline
+    shared = tmp_path / "data-gym-cache"
+    shared.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    for url, _ in __import__("nanogpt_edu").tokenizer.GPT2_FILES.values():
+        name = __import__("hashlib").sha1(url.encode()).hexdigest()
+        (shared / name).symlink_to(victim)
+        for pid in range(1, 400):  # the names a guessable temporary file would have
+            (shared / f"{name}.{pid}.tmp").symlink_to(victim)
+    env = {k: v for k, v in os.environ.items() if k not in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")}
+    code = NO_NETWORK_PRELUDE + "import nanogpt_edu, tiktoken; print(tiktoken.get_encoding('gpt2').encode('Hello'))"
+    result = subprocess.run([sys.executable, "-c", code], env={**env, "TMPDIR": str(tmp_path)}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[15496]", result.stderr
+    assert victim.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data-gym-cache", "victim"]
+    assert all(p.is_symlink() for p in shared.iterdir())
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "huge", "directory"])
+def test_a_chosen_tiktoken_cache_with_planted_files(plant, tmp_path, monkeypatch):
+    import hashlib
+
+    from nanogpt_edu.tokenizer import GPT2_FILES, bpe_file, install_tiktoken_cache
+
+    cache, victim = tmp_path / "cache", tmp_path / "victim"
+    cache.mkdir()
+    victim.write_text("mine")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    targets = {}
+    for filename, (url, _) in GPT2_FILES.items():
+        target = targets[filename] = cache / hashlib.sha1(url.encode()).hexdigest()
+        for pid in range(os.getpid() - 5, os.getpid() + 5):
+            target.with_name(f"{target.name}.{pid}.tmp").symlink_to(victim)
+        {"symlink": lambda: target.symlink_to(victim), "fifo": lambda: os.mkfifo(target),
+         "huge": lambda: sparse(target, 1 << 40), "directory": lambda: target.mkdir()}[plant]()
+    started = time.monotonic()
+    done = install_tiktoken_cache()
+    assert time.monotonic() - started < 5  # a FIFO is not waited on, a huge file not read
+    assert victim.read_text() == "mine"
+    for filename, target in targets.items():
+        if plant == "directory":  # cannot be replaced by a file: left alone, and tiktoken still works
+            assert not done and target.is_dir()
+        else:
+            assert done and not target.is_symlink() and target.read_bytes() == bpe_file(filename).read_bytes()
+            assert target.stat().st_mode & 0o022 == 0
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert __import__("tiktoken").get_encoding("gpt2").encode("Hello") == [15496]
