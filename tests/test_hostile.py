@@ -1093,3 +1093,114 @@ def test_a_chosen_tiktoken_cache_with_planted_files(plant, tmp_path, monkeypatch
             assert target.stat().st_mode & 0o022 == 0
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary file left behind
     assert __import__("tiktoken").get_encoding("gpt2").encode("Hello") == [15496]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Native code: the kernel's library is loaded only from this user's private folder, and only as it was built
+
+PLANTED_C = r"""
+#include <fcntl.h>
+__attribute__((constructor)) static void planted(void) { creat("%s", 0600); }
+void linear(void) {}
+void attend(void) {}
+"""
+
+
+@pytest.fixture
+def kernel_home(monkeypatch, tmp_path):
+    """The kernel module with nothing loaded, a cache under ``tmp_path/home``, and a compiler (else skipped)."""
+    import nanogpt_edu.fast.kernel as kernel
+
+    if kernel._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setattr(kernel, "_kernel", None)
+    monkeypatch.setattr(kernel, "_tried", False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NANOGPT_EDU_KERNEL", raising=False)
+    (tmp_path / "home").mkdir(mode=0o700)
+    return kernel
+
+
+def plant_library(kernel, path: Path, canary: Path) -> bytes:
+    """Compile a library whose start-up code creates ``canary`` into ``path``; return its bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = path.parent.parent / "planted.c"
+    source.write_text(PLANTED_C % canary)
+    subprocess.run([kernel._compiler(), "-shared", "-fPIC", str(source), "-o", str(path)], check=True)
+    return path.read_bytes()
+
+
+def kernel_works(kernel) -> bool:
+    x, w = torch.randn(2, 8), torch.randn(4, 8)
+    return kernel.load_kernel() is not None and torch.allclose(kernel.linear(x, w, None), x @ w.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["no digest", "its own digest, writable by others", "a digest that is a link"])
+def test_a_planted_kernel_library_never_runs(how, kernel_home, tmp_path):
+    import hashlib
+
+    kernel, canary = kernel_home, tmp_path / CANARY
+    path = kernel._cache_path()
+    planted = plant_library(kernel, path, canary)
+    digest = kernel._digest_file(path)
+    if how == "its own digest, writable by others":
+        digest.write_text(hashlib.sha256(planted).hexdigest())
+        path.chmod(0o666)
+    elif how == "a digest that is a link":
+        (tmp_path / "d").write_text(hashlib.sha256(planted).hexdigest())
+        digest.symlink_to(tmp_path / "d")
+    assert kernel_works(kernel)  # rebuilt from kernel.c, then loaded
+    assert not canary.exists() and path.read_bytes() != planted
+
+
+@pytest.mark.parametrize("where", ["the cache folder", "the folder above it"])
+def test_a_kernel_folder_others_can_write_is_not_used(where, kernel_home, tmp_path, capsys):
+    import hashlib
+
+    kernel, canary = kernel_home, tmp_path / CANARY
+    path = kernel._cache_path()
+    planted = plant_library(kernel, path, canary)
+    kernel._digest_file(path).write_text(hashlib.sha256(planted).hexdigest())  # as if it had been built there
+    (path.parent if where == "the cache folder" else path.parent.parent).chmod(0o777)
+    assert kernel.load_kernel() is None and not canary.exists()
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and re.match(r"note: decode kernel not used: .* is writable by other users", err)
+    assert kernel.build_kernel().startswith("decode kernel: not built (")
+
+
+def test_a_relative_xdg_cache_home_is_ignored(kernel_home, tmp_path, monkeypatch):
+    kernel, canary = kernel_home, tmp_path / CANARY
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = kernel._cache_path()
+    assert path.is_relative_to(tmp_path / "home" / ".cache")  # XDG: a relative path is ignored
+    plant_library(kernel, tmp_path / "cache" / "nanogpt-edu" / path.name, canary)
+    assert kernel_works(kernel) and not canary.exists()
+
+
+def test_under_umask_000_the_kernel_is_private(kernel_home, tmp_path):
+    kernel = kernel_home
+    old = os.umask(0)
+    try:
+        assert kernel_works(kernel)
+    finally:
+        os.umask(old)
+    path = kernel._cache_path()
+    for f in (path.parent, path, kernel._digest_file(path)):
+        assert f.stat().st_mode & 0o077 == 0, (f, oct(f.stat().st_mode))
+
+
+def test_a_compiler_that_hangs_is_stopped_with_a_note(kernel_home, tmp_path, monkeypatch, capsys):
+    kernel = kernel_home
+    hangs = tmp_path / "cc"
+    hangs.write_text("#!/bin/sh\nsleep 300 &\nsleep 300\n")  # and a child that holds the output open
+    hangs.chmod(0o755)
+    monkeypatch.setenv("CC", str(hangs))
+    monkeypatch.setattr(kernel, "BUILD_SECONDS", 2)
+    started = time.monotonic()
+    assert kernel.load_kernel() is None
+    assert time.monotonic() - started < 10
+    assert capsys.readouterr().err == ("note: decode kernel not built (cc did not finish in 2 s); generation uses "
+                                       "PyTorch's own operations\n")
+    assert kernel._failure_note(kernel._cache_path()).exists()  # later processes do not wait again
