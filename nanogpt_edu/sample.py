@@ -22,7 +22,7 @@ import torch
 
 from .config import ConfigError, SampleConfig, apply_overrides, resolve_start, validate
 from .devices import DeviceError, setup_torch
-from .errors import NanogptEduError, shown
+from .errors import NanogptEduError, one_line, shown
 from .loading import LoadError, load
 from .porting import ModelNotAvailableError, PortingError
 from .sampling import generate, start_from_eot_if_empty, stream_text
@@ -165,8 +165,9 @@ def _silence_stdout() -> None:
 
 
 def _report(line: str) -> None:
+    # every line this prints goes through one_line: no control character from a file or flag reaches the terminal
     try:
-        print(line, file=sys.stderr, flush=True)
+        print(one_line(line), file=sys.stderr, flush=True)
     except OSError:  # stderr itself cannot be written: the exit status still says it
         pass
 

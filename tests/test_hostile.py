@@ -41,6 +41,8 @@ TIME_LIMIT = 20  # seconds: a case that takes longer has hung
 CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TINY = dict(n_layer=1, n_head=2, n_embd=8, block_size=16, bias=False, vocab_size=len(CHARS), dropout=0.0)
 CANARY = "CANARY"  # the file every code-running payload tries to create in its case's folder
+ESC = b"\x1b[2J\x1b[H\x1b]0;title\x07"  # clear the screen, move home, set the window title
+TERMINAL_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -481,6 +483,15 @@ CASES = [
         r"token id 50300 is not in the vocabulary \(0 to 50256\)"),
     api("decode of a huge id", "from nanogpt_edu.tokenizer import decode; decode([2**70])", "is not in the vocabulary"),
     api("encode of bytes", "from nanogpt_edu.tokenizer import encode; encode(b'hi')", "encode takes text"),
+    # --- terminal escapes in what a crafted file or flag names: shown escaped (every case is checked for them)
+    cli("meta a class name that clears the screen", lambda d: meta(d, b"\x80\x02c" + ESC + b"\nx" + ESC + b"\n)R."),
+        r"\\x1b\[2J"),
+    cli("ckpt a weight named with escapes", lambda d: ckpt_weight(d, "h.\x1b[1A\x1b[2K\r\x9b1A\u202e", torch.zeros(1)),
+        r"\\x1b\[1A\\x1b\[2K\\r\\x9b1A\\u202e"),
+    cli("prompt file named with escapes", lambda d: ["--start=FILE:" + str(d / "\x1b]0;owned\x07\x08")],
+        r"\\x1b\]0;owned\\x07\\x08"),
+    cli("folder named with escapes", lambda d: ["--init_from=" + str(d / "\x1b[31mred\x1b[0m") + "/"], r"\\x1b\[31mred"),
+    cli("config.json key with escapes", lambda d: hf(d, model_type="gpt2\x1b[2J\x00"), r"\\x1b\[2J"),
 ]
 
 
@@ -594,6 +605,7 @@ def test_hostile_input_gets_one_line(case, outcomes):
     assert outcome.status == 2, (outcome.status, outcome.stderr[-3000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), outcome.stderr[-3000:]
     assert re.search(case.expect, lines[0]), lines[0]
+    assert not TERMINAL_CONTROLS.search(outcome.stderr), outcome.stderr  # only the final newline
     assert not outcome.canary, "code from the input ran"
     assert outcome.seconds < TIME_LIMIT
     limit = SIZE_GROWTH_LIMIT if case.size else GROWTH_LIMIT

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import one_line
+
 # -march=native: the library is built for, and cached per, the CPU it runs on (see _cache_path)
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 # linear's `mode` for its `gelu` argument (GELU's `approximate`, as in F.gelu), and for adding into `add_to`
@@ -283,7 +285,7 @@ def _note(line: str) -> None:
     # the one line that says why generation runs without the kernel (stderr may be closed)
     if sys.stderr is not None:
         try:
-            print(f"note: {line}", file=sys.stderr, flush=True)
+            print(one_line(f"note: {line}"), file=sys.stderr, flush=True)
         except (OSError, ValueError):
             pass
 
