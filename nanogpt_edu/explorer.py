@@ -24,7 +24,7 @@ import torch
 from bokeh.document import Document
 from bokeh.embed import file_html
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, CustomJS, Div, FactorRange, Select, Slider
+from bokeh.models import ColumnDataSource, CustomJS, Div, FactorRange, PlainText, Select, Slider
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
 from jinja2 import Template
@@ -79,7 +79,8 @@ const r = filtered_distribution(logits[i], temperature.value, top_k.value, top_p
 const n = labels[i].length;
 let mass = 0;
 for (let j = 0; j < r.kept; j++) mass += r.before[j];
-fig.title.text = "Next-token probabilities after " + JSON.stringify(prompts[i]);
+// a new PlainText, never a string: Bokeh reads a string with $$ or \\( in it as TeX, and prompts may hold them
+fig.title.text = new fig.title.text.constructor({text: "Next-token probabilities after " + JSON.stringify(prompts[i])});
 fig.x_range.factors = labels[i];
 const before = Array.from(r.before.subarray(0, n));
 bars.data = {token: labels[i], before: before, after: Array.from(r.after.subarray(0, n)),
@@ -146,7 +147,8 @@ def explorer_document(rows: Sequence[NextTokenLogits], temperature: float = 0.8,
     fig = figure(x_range=FactorRange(*first.labels), width=900, height=380, toolbar_location=None, tools="hover",
                  tooltips=[("token", "@token"), ("before the masks", "@before{0.0000}"),
                            ("after the masks", "@after{0.0000}")], name="bars")
-    fig.title.text = f"Next-token probabilities after {json.dumps(first.prompt)}"  # as the page's code writes it
+    # as the page's code writes it, as plain text: a string holding $$ or \( would be drawn as TeX
+    fig.title.text = PlainText(text=f"Next-token probabilities after {json.dumps(first.prompt)}")
     # each token's probability before the masks in grey (outlined in orange if a mask drops it), after them in blue
     fig.vbar(x="token", top="before", source=bars, width=0.8, color=BEFORE, legend_label="before the masks")
     fig.vbar(x="token", top="masked", source=bars, width=0.45, fill_alpha=0, line_color=MASKED, hatch_pattern="/",

@@ -4,17 +4,20 @@ attention and the layers compute.
 Every function returns a matplotlib ``Figure`` with a title that states what it shows and labelled axes; the
 notebook shows it. Figures are at most ``MAX_WIDTH`` inches wide, so a notebook column shows them at full size,
 and every label is at least ``FONT_SIZE`` points. Tokens are labelled with their text (``repr``-style, so a
-leading space or a newline stays visible).
+leading space or a newline stays visible). Every text is drawn as it is, never parsed as math: GPT-2 has tokens
+like ``$$``, `` $$``, ``#$#$`` and ``$$$$`` that matplotlib would otherwise read as the start of a formula.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.patches import Patch
 from torch.nn import functional as F
 
@@ -24,6 +27,20 @@ from .tokenizer import get_encoding
 KEPT, MASKED, BEFORE = "#2b7bb9", "#f2a93b", "#c9c9c9"  # kept tokens, masked tokens, probabilities before a mask
 MAX_WIDTH = 10.0  # inches: about the width of a notebook column at matplotlib's 100 dpi
 FONT_SIZE = 9  # points: the smallest text on any figure
+
+
+def _text_not_math(plot: Callable[..., Figure]) -> Callable[..., Figure]:
+    # every figure function is wrapped: its texts are made while math parsing is off, and any text the figure
+    # holds afterwards is switched off too, so a "$" in a token, title or label is drawn as a dollar sign
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs) -> Figure:
+        with plt.rc_context({"text.parse_math": False}):
+            fig = plot(*args, **kwargs)
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+        return fig
+
+    return wrapper
 
 
 def token_label(token_id: int, decode_bytes: Callable[[int], bytes] | None = None) -> str:
@@ -54,6 +71,7 @@ def _token_axis(ax, labels: Sequence[str], xlabel: str) -> None:
     ax.tick_params(axis="y", labelsize=FONT_SIZE)
 
 
+@_text_not_math
 def plot_next_token_probs(probs: torch.Tensor, top: int = 20, title: str = "Next-token probabilities",
                           decode_bytes=None) -> Figure:
     """Return a bar chart of the ``top`` most likely next tokens of a probability vector (vocab_size,)."""
@@ -86,6 +104,7 @@ def _mask_legend(ax) -> None:
               fontsize=FONT_SIZE)
 
 
+@_text_not_math
 def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=None,
                     score_label: str = "logit") -> Figure:
     """Return a two-row figure of the top-k mask on scores (vocab_size,): the scores, then the probabilities.
@@ -118,6 +137,7 @@ def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=N
     return fig
 
 
+@_text_not_math
 def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = (0.5, 0.8, 1.0, 1.5),
                           top: int = 12, decode_bytes=None) -> Figure:
     """Return one panel per temperature (two per row): the ``top`` tokens' probabilities of
@@ -144,6 +164,7 @@ def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = 
     return fig
 
 
+@_text_not_math
 def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k: int = 10, top_p: float = 0.5,
                            min_p: float = 0.2, show: int = 16, decode_bytes=None) -> Figure:
     """Return greedy, top-k, top-p and min-p side by side on the same logits (after the temperature): which of
@@ -174,6 +195,7 @@ def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k
     return fig
 
 
+@_text_not_math
 def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[float]],
                         title: str = "Time per generated token") -> Figure:
     """Return a line plot of milliseconds per token against context length, one line per method."""
@@ -188,6 +210,7 @@ def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[flo
     return fig
 
 
+@_text_not_math
 def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> Figure:
     """Return one heatmap per head of attention ``weights`` (n_head, T, T): row = the token that looks (query),
     column = the token looked at (key); ``labels`` are the T tokens. The masked future (above the diagonal) is
@@ -225,6 +248,7 @@ def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> 
     return fig
 
 
+@_text_not_math
 def plot_gelu() -> Figure:
     """Return GELU (exact and GPT-2's tanh form) beside ReLU on [-4, 3]."""
     x = torch.linspace(-4, 3, 400)
@@ -241,6 +265,7 @@ def plot_gelu() -> Figure:
     return fig
 
 
+@_text_not_math
 def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: Sequence[float],
                     title: str) -> Figure:
     """Return one bar per layer: the probability of that layer's top guess, labelled with the guess itself."""
@@ -260,6 +285,7 @@ def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: S
     return fig
 
 
+@_text_not_math
 def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15, decode_bytes=None) -> Figure:
     """Return the ``top`` likeliest tokens' probabilities beside how often each came up in ``draws`` (ids)."""
     ids = _top(probs, top)
@@ -277,6 +303,7 @@ def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15,
     return fig
 
 
+@_text_not_math
 def plot_kept_per_step(kept: Sequence[int], top_k: int, top_p: float) -> Figure:
     """Return how many tokens top-p kept at each step of a generation, beside top-k's fixed ``top_k``."""
     fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 4))

@@ -1216,3 +1216,64 @@ def test_a_compiler_that_hangs_is_stopped_with_a_note(kernel_home, tmp_path, mon
     assert capsys.readouterr().err == ("note: decode kernel not built (cc did not finish in 2 s); generation uses "
                                        "PyTorch's own operations\n")
     assert kernel._failure_note(kernel._cache_path()).exists()  # later processes do not wait again
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real tokens that break figures: GPT-2's "$$", " $$", "#$#$", "$$$$" and "$" are drawn as text, never as math
+
+DOLLAR_TOKENS = [13702, 32382, 34206, 36737, 3]  # '$$', ' $$', '#$#$', '$$$$', '$'
+
+
+def every_figure(logits: torch.Tensor) -> dict:
+    from nanogpt_edu import plots
+
+    probs = torch.softmax(logits, dim=-1)
+    labels = ["'$$'", "' $$'", "'#$#$'", "'$x$'"]
+    return {
+        "plot_next_token_probs": lambda: plots.plot_next_token_probs(probs, title="after 'it costs $5 or $$6$$'"),
+        "plot_top_k_mask": lambda: plots.plot_top_k_mask(logits, 3, score_label="$logit$ / $T$"),
+        "plot_temperature_grid": lambda: plots.plot_temperature_grid(logits),
+        "plot_filter_comparison": lambda: plots.plot_filter_comparison(logits),
+        "plot_time_per_token": lambda: plots.plot_time_per_token([1, 2], {"$$a$$": [0.1, 0.2]}, title="$t$ $x$"),
+        "plot_attention": lambda: plots.plot_attention(torch.full((2, 4, 4), 0.25).tril(), labels, "$$ $$"),
+        "plot_gelu": plots.plot_gelu,
+        "plot_logit_lens": lambda: plots.plot_logit_lens(["h.0", "h.1"], ["'$$'", "'$$$$'"], [0.2, 0.5], "$a$b$"),
+        "plot_draws_vs_probs": lambda: plots.plot_draws_vs_probs(probs, torch.tensor(DOLLAR_TOKENS * 20)),
+        "plot_kept_per_step": lambda: plots.plot_kept_per_step([3, 40, 7], 5, 0.9),
+    }
+
+
+def test_every_figure_draws_dollar_tokens_as_text():
+    import io
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from nanogpt_edu import plots
+
+    matplotlib.use("Agg")
+    logits = torch.full((50257,), -5.0)
+    logits[DOLLAR_TOKENS] = torch.tensor([5.0, 4.5, 4.0, 3.5, 3.0])  # the five are the likeliest
+    figures = every_figure(logits)
+    public = {name for name in dir(plots) if name.startswith("plot_")}
+    assert public == set(figures), "a new figure function: add it here"
+    for name, make in figures.items():
+        fig = make()
+        fig.savefig(io.BytesIO(), format="png")  # raises inside the math-text parser if any text is read as math
+        shown = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+        assert all(not t.get_parse_math() for t in fig.findobj(matplotlib.text.Text)), name
+        if name in ("plot_next_token_probs", "plot_top_k_mask", "plot_temperature_grid", "plot_filter_comparison"):
+            assert {"'$$'", "' $$'", "'#$#$'", "'$$$$'", "'$'"} <= set(shown), (name, shown)
+        plt.close(fig)
+    assert matplotlib.rcParams["text.parse_math"]  # the user's own figures are left as they were
+
+
+def test_the_explorers_title_is_plain_text():
+    from bokeh.models import PlainText
+
+    from nanogpt_edu.explorer import NextTokenLogits, explorer_document
+
+    row = NextTokenLogits("it costs $$5$$ or \\(6\\)", torch.arange(10.0).flip(0).numpy(), list(range(3)),
+                          ["'$$'", "' $$'", "'$$$$'"])
+    fig = explorer_document([row]).select_one({"name": "bars"})
+    assert isinstance(fig.title.text, PlainText) and "$$5$$" in fig.title.text.text
