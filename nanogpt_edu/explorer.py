@@ -31,10 +31,13 @@ from jinja2 import Template
 from torch.nn import functional as F
 
 from .plots import token_label
-from .sampling import apply_masks, apply_temperature
+from .errors import NanogptEduError
+from .errors import shown as shown_value
+from .sampling import apply_masks, apply_temperature, check_sampling_args
 from .tokenizer import encode as gpt2_encode
 
 DEFAULT_PROMPTS = ("Hello, my name is", "ROMEO:", "The king")
+DEFAULT_SETTINGS = {"temperature": 0.8, "top_k": 200, "top_p": 1.0, "min_p": 0.0}  # nanoGPT's, top_p/min_p off
 SHOWN = 40  # bars per prompt: enough to see a mask's edge, few enough to read each token
 BEFORE, MASKED, KEPT = "#c9c9c9", "#f2a93b", "#2b7bb9"  # the colours of the notebooks' mask figures
 
@@ -91,6 +94,35 @@ kept.text = `<b>tokens kept: <span class="kept-count">${r.kept.toLocaleString("e
 """
 
 
+# each slider's title and range: the settings the page can show (temperature 0, greedy, is not a distribution)
+SLIDERS = {"temperature": ("temperature", 0.05, 2.0, 0.05), "top_k": ("top_k (0 = off)", 0, 500, 1),
+           "top_p": ("top_p (1 = off)", 0.01, 1.0, 0.01), "min_p": ("min_p (0 = off)", 0.0, 1.0, 0.01)}
+_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}  # what None (a filter turned off) is on the sliders
+
+
+def check_settings(**settings) -> dict:
+    """Return the sliders' starting values for ``settings``; raise ``NanogptEduError`` for one they cannot show.
+
+    Checked as ``nanogpt_edu.sampling`` checks them, and then against each slider's range (a temperature must be
+    above 0: the page draws a distribution, and temperature 0 is greedy decoding, which has none).
+    """
+    unknown = set(settings) - set(SLIDERS)
+    if unknown:
+        raise NanogptEduError(f"sampling_explorer has no setting {shown_value(sorted(unknown)[0])}; it has "
+                              f"{', '.join(SLIDERS)}")
+    values = {name: settings.get(name, default) for name, default in DEFAULT_SETTINGS.items()}
+    values.update({name: _OFF[name] for name in _OFF if values[name] is None})
+    try:
+        check_sampling_args(values["temperature"], values["top_k"] or None, values["top_p"], values["min_p"])
+    except ValueError as e:
+        raise NanogptEduError(str(e)) from None
+    for name, (_, start, end, _) in SLIDERS.items():
+        if not start <= values[name] <= end:
+            raise NanogptEduError(f"the explorer's {name} must be from {start} to {end} (its slider's range), "
+                                  f"got {shown_value(values[name])}")
+    return values
+
+
 @dataclass
 class NextTokenLogits:
     """The next-token logits of one prompt, sorted from most to least likely, and labels for the likeliest."""
@@ -141,6 +173,9 @@ def filtered_distribution(logits: torch.Tensor, temperature: float, top_k: int |
 def explorer_document(rows: Sequence[NextTokenLogits], temperature: float = 0.8, top_k: int = 200,
                       top_p: float = 1.0, min_p: float = 0.0) -> Document:
     """Return the Bokeh document of the explorer: prompt choice, four sliders, the tokens-kept line, the bars."""
+    values = check_settings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    if isinstance(rows, (str, bytes)) or not rows or not all(isinstance(r, NextTokenLogits) for r in rows):
+        raise NanogptEduError(f"explorer_document takes a list of NextTokenLogits, got {shown_value(rows)}")
     first = rows[0]
     zeros = [0.0] * len(first.labels)
     bars = ColumnDataSource(dict(token=first.labels, before=zeros, masked=zeros, after=zeros))
@@ -160,14 +195,10 @@ def explorer_document(rows: Sequence[NextTokenLogits], temperature: float = 0.8,
     fig.y_range.start = 0
     fig.legend.location = "top_right"
 
-    controls = dict(
-        prompt=Select(title="prompt", value="0", options=[(str(i), repr(r.prompt)) for i, r in enumerate(rows)],
-                      width=300),
-        temperature=Slider(title="temperature", start=0.05, end=2.0, step=0.05, value=temperature, width=210),
-        top_k=Slider(title="top_k (0 = off)", start=0, end=500, step=1, value=top_k, width=210),
-        top_p=Slider(title="top_p (1 = off)", start=0.01, end=1.0, step=0.01, value=top_p, width=210),
-        min_p=Slider(title="min_p (0 = off)", start=0.0, end=1.0, step=0.01, value=min_p, width=210),
-    )
+    controls = dict(prompt=Select(title="prompt", value="0", width=300,
+                                  options=[(str(i), repr(r.prompt)) for i, r in enumerate(rows)]))
+    for name, (title, start, end, step) in SLIDERS.items():
+        controls[name] = Slider(title=title, start=start, end=end, step=step, value=values[name], width=210)
     for name, widget in controls.items():
         widget.name = name
     kept = Div(text="", name="kept", width=900)
@@ -212,6 +243,10 @@ def sampling_explorer(model: torch.nn.Module, prompts: Sequence[str] = DEFAULT_P
     ``model`` should be in eval mode, as ``load_model`` returns it (dropout would make the logits random). Shows
     the ``shown`` likeliest tokens as bars. ``settings`` are the sliders' starting values (temperature=0.8,
     top_k=200, top_p=1.0, min_p=0.0: nanoGPT's defaults, with top_p and min_p off). In a notebook, make it the
-    cell's last expression.
+    cell's last expression. Settings the sliders cannot show (a temperature of 0 or below, say) raise
+    ``NanogptEduError`` before the model runs.
     """
+    check_settings(**settings)
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise NanogptEduError(f"prompts must be a list of strings, got {shown_value(prompts)}")
     return ExplorerPage(explorer_document([next_token_logits(model, p, shown) for p in prompts], **settings), prompts)

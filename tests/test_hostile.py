@@ -483,6 +483,19 @@ CASES = [
         r"token id 50300 is not in the vocabulary \(0 to 50256\)"),
     api("decode of a huge id", "from nanogpt_edu.tokenizer import decode; decode([2**70])", "is not in the vocabulary"),
     api("encode of bytes", "from nanogpt_edu.tokenizer import encode; encode(b'hi')", "encode takes text"),
+    # --- silent wrong results, refused instead
+    cli("safetensors an lm_head of its own", lambda d: hf_tensor(d, "lm_head.weight", torch.ones(64, 8)),
+        r"model\.safetensors: 'lm_head\.weight' differs from 'transformer\.wte\.weight'; this GPT ties"),
+    cli("ckpt an lm_head of its own", lambda d: ckpt_weight(d, "lm_head.weight", lambda w: w.clone() + 1),
+        r"ckpt\.pt: 'lm_head\.weight' differs from 'transformer\.wte\.weight'"),
+    api("explorer temperature 0", "from nanogpt_edu.explorer import sampling_explorer\n"
+        "sampling_explorer(None, temperature=0)", r"temperature must be from 0\.05 to 2\.0"),
+    api("explorer temperature -1", "from nanogpt_edu.explorer import sampling_explorer\n"
+        "sampling_explorer(None, temperature=-1.0)", "temperature must be a finite number >= 0"),
+    api("explorer_document temperature nan", "from nanogpt_edu.explorer import explorer_document\n"
+        "explorer_document([], temperature=float('nan'))", "temperature must be a finite number"),
+    api("explorer top_p 0", "from nanogpt_edu.explorer import sampling_explorer\n"
+        "sampling_explorer(None, top_p=0)", r"top_p must be a number in \(0, 1\]"),
     # --- terminal escapes in what a crafted file or flag names: shown escaped (every case is checked for them)
     cli("meta a class name that clears the screen", lambda d: meta(d, b"\x80\x02c" + ESC + b"\nx" + ESC + b"\n)R."),
         r"\\x1b\[2J"),
@@ -1277,3 +1290,44 @@ def test_the_explorers_title_is_plain_text():
                           ["'$$'", "' $$'", "'$$$$'"])
     fig = explorer_document([row]).select_one({"name": "bars"})
     assert isinstance(fig.title.text, PlainText) and "$$5$$" in fig.title.text.text
+
+
+def test_a_head_saved_equal_to_wte_still_loads(tmp_path):
+    # save_pretrained leaves the tied head out, but some tools write it: equal to wte, it is the same model
+    from safetensors.torch import load_file, save_file
+
+    from nanogpt_edu.porting import load_hf_folder, port_hf_state_dict
+
+    write_hf(tmp_path)
+    tensors = load_file(tmp_path / ST)
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"].clone()
+    save_file(tensors, tmp_path / ST, metadata={"format": "pt"})
+    model = load_hf_folder(tmp_path)
+    assert torch.equal(model.lm_head.weight, tensors["transformer.wte.weight"])
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * -1
+    with pytest.raises(__import__("nanogpt_edu").NanogptEduError, match="the Hugging Face state dict: 'lm_head"):
+        port_hf_state_dict(tensors, model.config)
+
+
+def test_the_kernel_takes_only_plain_fp32_memory():
+    # lazy views keep their bytes as they were (the negation bit), a zero tensor has none: PyTorch does these
+    import nanogpt_edu.fast.kernel as kernel
+    from nanogpt_edu.fast.decode import KernelDecodeOps, TorchDecodeOps
+
+    class Marked(torch.Tensor):
+        pass
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    odd = {"negation bit": torch._neg_view(x), "zero tensor": torch._efficientzerotensor(2, 8),
+           "a subclass": x.as_subclass(Marked)}
+    for name, t in odd.items():
+        assert not kernel.can_use(t), name
+        with torch.no_grad():
+            expected = TorchDecodeOps.linear(t.clone() if name != "zero tensor" else torch.zeros(2, 8), layer)
+            assert torch.allclose(KernelDecodeOps.linear(t, layer), expected, atol=1e-6), name
+        if kernel.load_kernel() is not None:
+            with pytest.raises(ValueError, match="must be a plain contiguous"):
+                kernel.linear(t, layer.weight.detach(), None)
+    assert kernel.can_use(x, layer.weight, torch.nn.Parameter(x))

@@ -44,6 +44,7 @@ CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 GELU_MODES = {None: 0, "none": 1, "tanh": 2}
 ADD = 3
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # tensor types whose data_ptr() is where their values are
 BUILD_SECONDS = 60  # the compiler's time limit: a build takes about a second; a CC that hangs must not stall us
 
 _kernel = None  # the loaded library, once load_kernel has succeeded
@@ -129,10 +130,20 @@ def build_kernel() -> str:
 
 
 def can_use(*tensors: torch.Tensor | None) -> bool:
-    """Return True if the kernel can read every one of ``tensors`` (None allowed): contiguous fp32 on the CPU."""
-    # a plain loop, and is_cpu rather than device.type: this runs for every tensor of every decode step
+    """Return True if the kernel can read every one of ``tensors`` (None allowed): plain contiguous fp32 memory on
+    the CPU.
+
+    Plain means the values are the bytes at ``data_ptr()``: a ``Tensor`` or ``Parameter`` (no subclass), strided
+    and not nested, without the negation bit (a lazy view whose bytes hold the values before the sign change) and
+    not a zero tensor (which has no memory at all). A float32 tensor never carries the conjugate bit. Everything
+    else goes to PyTorch.
+    """
+    # a plain loop, is_cpu rather than device.type, the cheapest tests first: this runs for every tensor of every
+    # decode step
     for t in tensors:
-        if t is not None and not (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()):
+        if t is not None and not (type(t) in _PLAIN and t.dtype is torch.float32 and t.is_cpu
+                                  and t.layout is torch.strided and not t.is_nested and t.is_contiguous()
+                                  and not t.is_neg() and not t._is_zerotensor()):
             return False
     return True
 
@@ -210,9 +221,9 @@ def _check_tensors(function: str, tensors: dict, dims: dict, optional: tuple = (
             raise ValueError(f"kernel.{function}: {name} must be a tensor, got {type(t).__name__}")
         if not can_use(t) or t.dim() != dims.get(name, 1):
             layout = "contiguous" if t.is_contiguous() else "not contiguous"
-            raise ValueError(f"kernel.{function}: {name} must be a contiguous {dims.get(name, 1)}-D float32 tensor "
-                             f"on the CPU, got {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on "
-                             f"{t.device}, {layout}")
+            raise ValueError(f"kernel.{function}: {name} must be a plain contiguous {dims.get(name, 1)}-D float32 "
+                             f"tensor on the CPU, got {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} "
+                             f"{type(t).__name__} on {t.device}, {t.layout}, {layout}")
         if grad and t.requires_grad:
             raise ValueError(f"kernel.{function}: {name} requires grad, and the kernel computes no gradients; "
                              "call it under torch.no_grad()")
