@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from .errors import NanogptEduError, shown
-from .limits import MAX_PICKLE_BYTES, check_memory, check_model_dims, read_bounded
+from .limits import MAX_PICKLE_BYTES, check_memory, check_model_dims, read_bounded, refuse_system_file
 from .model import GPT, GPTConfig
 from .porting import (GPT2_DIMS, HF_CONFIG, IGNORED_SUFFIXES, _check_tied, _copy_into, _empty_model,
                       _expected_shapes, _first_line, from_pretrained, read_hf_config)
@@ -139,6 +139,7 @@ def _read_checkpoint(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         raise LoadError(f"init_from='resume' looks for {path}, which does not exist (set --out_dir)")
     if not os.path.isfile(path):
         raise LoadError(f"{path} is not a regular file")
+    refuse_system_file(os.path.realpath(path), path, "checkpoint", LoadError)
     _check_archive(path)
     try:
         # weights_only: tensors and plain containers only, so a checkpoint cannot run code while it loads;

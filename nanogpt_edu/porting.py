@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import NanogptEduError, shown
-from .limits import MAX_CONFIG_BYTES, check_memory, check_model_dims, read_bounded
+from .limits import MAX_CONFIG_BYTES, check_memory, check_model_dims, read_bounded, refuse_system_file
 from .model import GPT, LAYER_NORM_EPS, GPTConfig
 from .tokenizer import EOT_ID, N_VOCAB
 
@@ -241,6 +241,7 @@ def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GP
     weights = folder / HF_WEIGHTS
     if not os.path.isfile(weights):
         raise PortingError(f"{weights} is not a regular file")
+    refuse_system_file(os.path.realpath(weights), weights, "weights file", PortingError)
     try:
         with safe_open(weights, framework="pt") as f:
             plan = _port_plan(f.keys(), lambda k: f.get_slice(k).get_shape(), config)

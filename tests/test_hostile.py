@@ -152,6 +152,14 @@ def too_big_for_float32() -> torch.Tensor:
     return torch.full((16, 8), 1e300, dtype=torch.float64)  # finite in a file of float64, infinite once converted
 
 
+def nested(tensors, **layout) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():  # torch says its strided nested tensors are a prototype
+        warnings.simplefilter("ignore")
+        return torch.nested.nested_tensor(tensors, **layout)
+
+
 def without(key: str) -> dict:
     state = tiny_state()
     del state[key]
@@ -496,6 +504,27 @@ CASES = [
         "explorer_document([], temperature=float('nan'))", "temperature must be a finite number"),
     api("explorer top_p 0", "from nanogpt_edu.explorer import sampling_explorer\n"
         "sampling_explorer(None, top_p=0)", r"top_p must be a number in \(0, 1\]"),
+    # --- one line, not a traceback or a hang
+    cli("seed a 5000-digit hex number", lambda d: ["--seed=0x" + "f" * 5000], "seed is a whole number of 20,000 bits"),
+    cli("top_k a negative hex number", lambda d: ["--top_k=-0x" + "9" * 5000], "top_k is a whole number of"),
+    cli("config a 5000-digit hex seed", lambda d: [write(d / "c.py", "seed = 0x" + "f" * 5000)],
+        r"c\.py, line 1: seed is a whole number of 20,000 bits"),
+    cli("ckpt a nested-tensor weight", lambda d: ckpt_weight(d, WPE, nested([torch.zeros(16, 8)])),
+        r"weight 'transformer\.wpe\.weight' is a nested tensor"),
+    cli("ckpt a jagged nested-tensor weight", lambda d: ckpt_weight(
+        d, WPE, nested([torch.zeros(2, 8), torch.zeros(3, 8)], layout=torch.jagged)),
+        r"weight 'transformer\.wpe\.weight' is a NestedTensor"),
+    cli("prompt /proc/kmsg", lambda d: ["--start=FILE:/proc/kmsg"], "cannot be read"),
+    cli("prompt a link to /proc/self/status", lambda d: [f"--start=FILE:{link(d / 'p.txt', '/proc/self/status')}"],
+        "files under /proc and /sys are the kernel's"),
+    cli("config /proc/self/environ", lambda d: ["/proc/self/environ"], "files under /proc and /sys"),
+    cli("config a /sys file", lambda d: ["/sys/kernel/mm/transparent_hugepage/enabled"], "cannot be read"),
+    cli("ckpt -> /proc/kmsg", lambda d: resume(link(d / "ckpt.pt", "/proc/kmsg").parent), "ckpt.pt"),
+    cli("ckpt -> /proc/self/status", lambda d: resume(link(d / "ckpt.pt", "/proc/self/status").parent),
+        "files under /proc and /sys"),
+    cli("config.json -> /proc/kmsg", lambda d: hf_file(d, CFG, symlink("/proc/kmsg")), "config.json"),
+    cli("safetensors -> /proc/self/maps", lambda d: hf_file(d, ST, symlink("/proc/self/maps")),
+        "files under /proc and /sys"),
     # --- terminal escapes in what a crafted file or flag names: shown escaped (every case is checked for them)
     cli("meta a class name that clears the screen", lambda d: meta(d, b"\x80\x02c" + ESC + b"\nx" + ESC + b"\n)R."),
         r"\\x1b\[2J"),
@@ -683,6 +712,8 @@ def fresh(tmp_path_factory) -> dict[str, Finished]:
         "tiktoken cache unwritable": (SHORT, {"TIKTOKEN_CACHE_DIR": str(blocker / "cache")}),
         "full disk": (SHORT, {}, {"stdout": full}),
         "stdout closed": (SHORT, {}, {"close_stdout": True}),
+        "OMP_NUM_THREADS a word": (SHORT, {"OMP_NUM_THREADS": "many"}),
+        "compile without a C++ compiler": (["--compile=True", *SHORT], {"CXX": "/nonexistent/g++"}),
     }
 
     def finish(run) -> Finished:
@@ -1331,3 +1362,19 @@ def test_the_kernel_takes_only_plain_fp32_memory():
             with pytest.raises(ValueError, match="must be a plain contiguous"):
                 kernel.linear(t, layer.weight.detach(), None)
     assert kernel.can_use(x, layer.weight, torch.nn.Parameter(x))
+
+
+def test_a_malformed_omp_num_threads_is_one_line(fresh):
+    assert_one_error_line(fresh["OMP_NUM_THREADS a word"], r"^error: the environment's OMP_NUM_THREADS='many' is not")
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(fresh):
+    result = fresh["compile without a C++ compiler"]
+    assert_one_error_line(Finished(result.returncode, result.stdout, result.stderr, 0),
+                          r"^error: compile=True needs a working C\+\+ compiler on a CPU, and none was found")
+
+
+def test_with_stderr_closed_errors_stay_out_of_the_samples():
+    result = subprocess.run([sys.executable, "-c", CLI, "--seed=x"], capture_output=False, stdout=subprocess.PIPE,
+                            preexec_fn=lambda: os.close(2), timeout=60)
+    assert result.returncode == 2 and b"error" not in result.stdout and b"Traceback" not in result.stdout
