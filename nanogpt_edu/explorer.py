@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from .plots import token_label
 from .errors import NanogptEduError
 from .errors import shown as shown_value
-from .sampling import apply_masks, apply_temperature, check_sampling_args
+from .sampling import apply_masks, apply_temperature, check_logits, check_sampling_args
 from .tokenizer import encode as gpt2_encode
 
 DEFAULT_PROMPTS = ("Hello, my name is", "ROMEO:", "The king")
@@ -147,6 +147,9 @@ def next_token_logits(model: torch.nn.Module, prompt: str, shown: int = SHOWN,
                       encode: Callable[[str], list[int]] = gpt2_encode,
                       decode_bytes: Callable[[int], bytes] | None = None) -> NextTokenLogits:
     """Run ``model`` on ``prompt`` and return the last position's logits, sorted, with labels for ``shown`` tokens."""
+    if not isinstance(model, torch.nn.Module) or type(getattr(getattr(model, "config", None), "block_size", None)) \
+            is not int:
+        raise NanogptEduError(f"model must be a GPT (a module with config.block_size), got {shown_value(model)}")
     idx = torch.tensor(encode(prompt), dtype=torch.long)[None, -model.config.block_size:]
     logits, _ = model(idx)
     values, ids = torch.sort(logits[0, -1].float(), descending=True)
@@ -165,6 +168,7 @@ def filtered_distribution(logits: torch.Tensor, temperature: float, top_k: int |
     Temperature, then each mask that is set, then softmax, in float64: the same arithmetic the explorer's
     ``DISTRIBUTION_JS`` does in the browser. ``logits`` is one row (vocab_size,).
     """
+    check_logits(logits)
     scaled = apply_temperature(logits.double()[None, :], temperature)
     masked = apply_masks(scaled, top_k, top_p, min_p)
     return Distribution(F.softmax(scaled, dim=-1)[0], F.softmax(masked, dim=-1)[0], int(torch.isfinite(masked).sum()))

@@ -266,6 +266,9 @@ CFG, ST = "config.json", "model.safetensors"
 CONFIG_IMPORT = "from nanogpt_edu.config import apply_overrides, check_value, read_config_file, resolve_start\n"
 RUN_IMPORT = "from nanogpt_edu import SampleConfig; from nanogpt_edu.sample import run\n"
 LOAD_IMPORT = "from nanogpt_edu import load_model\n"
+TINY_MODEL = ("import torch; from math import inf; from nanogpt_edu.model import GPT, GPTConfig\n"
+              "from nanogpt_edu.sampling import *\n"
+              "m = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8)).eval()\n")
 
 CASES = [
     # --- the command line's flag values
@@ -525,6 +528,48 @@ CASES = [
     cli("config.json -> /proc/kmsg", lambda d: hf_file(d, CFG, symlink("/proc/kmsg")), "config.json"),
     cli("safetensors -> /proc/self/maps", lambda d: hf_file(d, ST, symlink("/proc/self/maps")),
         "files under /proc and /sys"),
+    # --- the API's promise: the sampling steps, the explorer and the figures raise NanogptEduError too
+    api("generate an id past the vocabulary", TINY_MODEL + "generate(m, torch.tensor([[99]]), 2)",
+        r"token id 99 is not in the model's vocabulary \(0 to 15\)"),
+    api("generate a negative id", TINY_MODEL + "generate(m, torch.tensor([[3, -1]]), 2)", "token id -1 is not in"),
+    api("generate an empty batch", TINY_MODEL + "generate(m, torch.zeros(0, 3, dtype=torch.long), 2)",
+        r"idx holds no sequences \(batch size 0\)"),
+    api("generate an empty batch uncached", TINY_MODEL + "generate(m, torch.zeros(0, 3, dtype=torch.long), 2, "
+        "use_cache=False)", "idx holds no sequences"),
+    api("generate a stop token of text", TINY_MODEL + "generate(m, torch.tensor([[1]]), 2, stop_token='.')",
+        "stop_token must be a token id from 0 to 15 or None, got '.'"),
+    api("generate a stop token past the vocabulary", TINY_MODEL + "generate(m, torch.tensor([[1]]), 2, stop_token=16)",
+        "stop_token must be a token id"),
+    api("generate a generator of the wrong type", TINY_MODEL + "generate(m, torch.tensor([[1]]), 2, generator=5)",
+        "generator must be a torch.Generator or None, got 5"),
+    api("generate with a config of strings", TINY_MODEL + "m.config.vocab_size = '16'\n"
+        "generate(m, torch.tensor([[1]]), 2)", "model must be a GPT"),
+    api("generate with a list for a model", TINY_MODEL + "generate([], torch.tensor([[1]]), 2)", "model must be a GPT"),
+    api("sample_next_token a row of -inf", TINY_MODEL + "sample_next_token(torch.tensor([[0.0, 1.0], [-inf, -inf]]))",
+        "a row of logits is -inf everywhere"),
+    api("sample_next_token -inf after top-k", TINY_MODEL + "sample_next_token(torch.full((1, 4), -inf), top_k=2)",
+        "a row of logits is -inf everywhere"),
+    api("sample_next_token a generator of text", TINY_MODEL + "sample_next_token(torch.zeros(1, 4), generator='g')",
+        "generator must be a torch.Generator"),
+    api("sample_next_token an empty batch", TINY_MODEL + "sample_next_token(torch.zeros(0, 4))", "logits must have shape"),
+    api("sample_next_token of a list", TINY_MODEL + "sample_next_token([[1.0, 2.0]])", "logits must be a floating"),
+    api("top_k_mask of a string", TINY_MODEL + "top_k_mask('abc', 2)", "logits must be a floating-point tensor"),
+    api("apply_temperature 0", TINY_MODEL + "apply_temperature(torch.zeros(4), 0)", "temperature 0 means greedy"),
+    api("top_k a 5000-digit number", TINY_MODEL + "top_k_mask(torch.zeros(4), -10**5000)",
+        r"top_k must be a whole number .*got <int>"),
+    api("stream_text of a string", TINY_MODEL + "list(stream_text(m, 'hi', 2))", "idx must be a 2-D integer tensor"),
+    api("plot of a string", "from nanogpt_edu.plots import plot_next_token_probs; plot_next_token_probs('x')",
+        r"plot_next_token_probs cannot draw this input \(AttributeError"),
+    api("plot ids past the vocabulary", "import torch; from nanogpt_edu.plots import plot_next_token_probs\n"
+        "plot_next_token_probs(torch.arange(60000.0))", "token id 59999 is not in the vocabulary"),
+    api("plot_attention of a list", "from nanogpt_edu.plots import plot_attention; plot_attention([1], ['a'], 't')",
+        "plot_attention cannot draw this input"),
+    api("explorer of no model", "from nanogpt_edu.explorer import next_token_logits; next_token_logits(None, 'hi')",
+        "model must be a GPT"),
+    api("explorer distribution of a string", "from nanogpt_edu.explorer import filtered_distribution\n"
+        "filtered_distribution('x', 1.0)", "logits must be a floating-point tensor"),
+    api("explorer_document of no rows", "from nanogpt_edu.explorer import explorer_document; explorer_document([])",
+        "explorer_document takes a list of NextTokenLogits"),
     # --- terminal escapes in what a crafted file or flag names: shown escaped (every case is checked for them)
     cli("meta a class name that clears the screen", lambda d: meta(d, b"\x80\x02c" + ESC + b"\nx" + ESC + b"\n)R."),
         r"\\x1b\[2J"),
@@ -532,7 +577,8 @@ CASES = [
         r"\\x1b\[1A\\x1b\[2K\\r\\x9b1A\\u202e"),
     cli("prompt file named with escapes", lambda d: ["--start=FILE:" + str(d / "\x1b]0;owned\x07\x08")],
         r"\\x1b\]0;owned\\x07\\x08"),
-    cli("folder named with escapes", lambda d: ["--init_from=" + str(d / "\x1b[31mred\x1b[0m") + "/"], r"\\x1b\[31mred"),
+    cli("folder named with escapes", lambda d: ["--init_from=" + str(d / "\x1b[31mred\x1b[0m") + "/"],
+        r"\\x1b\[31mred"),
     cli("config.json key with escapes", lambda d: hf(d, model_type="gpt2\x1b[2J\x00"), r"\\x1b\[2J"),
 ]
 
