@@ -88,7 +88,7 @@ def run(config: SampleConfig, out: TextIO | None = None, err: TextIO | None = No
                     _write(out, codec.decode(ids) + "\n")
                 _write(out, SEPARATOR + "\n")
     except ValueError as e:  # sampling refuses NaN or infinite logits: finite weights that overflow on the way
-        if isinstance(e, NanogptEduError):
+        if isinstance(e, OutputError):
             raise
         raise NanogptEduError(f"init_from={shown(config.init_from)}: generation stopped: {e}") from None
     except compile_errors as e:  # torch.compile failed on the first call (a compiler that runs but fails)

@@ -979,8 +979,11 @@ def _fuzz_checkpoint(folder: Path, rng, valid: bytes) -> str:
     else:
         key = rng.choice(list(checkpoint["model"]))
         tensor = checkpoint["model"][key]
-        choice = rng.choice(["nan", "inf", "dtype", "shape", "value", "drop"])
+        choice = rng.choice(["nan", "inf", "dtype", "shape", "value", "drop", "nested", "own head"])
+        if choice == "own head":  # a head of its own beside the tied embedding
+            key, tensor = "lm_head.weight", checkpoint["model"]["transformer.wte.weight"]
         changed = {"nan": lambda: tensor.clone().fill_(float("nan")),
+                   "nested": lambda: nested([tensor.clone()]), "own head": lambda: tensor.clone() * 2,
                    "inf": lambda: tensor.clone().fill_(-float("inf")),
                    "dtype": lambda: tensor.to(rng.choice([torch.int64, torch.bool, torch.float16, torch.float64,
                                                           torch.complex64])),
@@ -1018,6 +1021,10 @@ def _fuzz_safetensors(folder: Path, rng, valid: bytes) -> str:
     else:
         header = json.loads(valid[8:header_end])
         key = rng.choice([k for k in header if k != "__metadata__"])
+        if rng.random() < 0.15:  # the same bytes named once more as lm_head.weight: the tied head, or another
+            key = rng.choice(["transformer.wte.weight", "transformer.wpe.weight", key])
+            header["lm_head.weight"] = dict(header[key])
+            key = "lm_head.weight"
         field = rng.choice(["dtype", "shape", "data_offsets"])
         entry = header[key]
         if field == "dtype":
@@ -1073,8 +1080,8 @@ def fuzz(target: str, folder: str, seed: int, rounds: int) -> dict:
             tally["loaded"] += 1
         except NanogptEduError as e:
             tally["refused"] += 1
-            if "\n" in str(e):
-                failures.append(f"round {round_} ({what}): a message of several lines: {str(e)!r}")
+            if "\n" in str(e) or TERMINAL_CONTROLS.search(str(e)):
+                failures.append(f"round {round_} ({what}): a message of several lines or raw controls: {str(e)!r}")
         except BaseException as e:  # noqa: B902  (exactly what must not happen)
             failures.append(f"round {round_} ({what}): {type(e).__name__}: {e} | "
                             f"{traceback.format_exc().strip().splitlines()[-3]}")
