@@ -17,6 +17,12 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
+# A malformed OMP_NUM_THREADS would make OpenMP print a complaint of its own as torch loads; the command line
+# refuses it in its one error line instead
+from .limits import check_omp_num_threads  # noqa: E402  (no torch in it)
+
+BAD_OMP_NUM_THREADS = check_omp_num_threads()
+
 from .tokenizer import get_encoding, install_tiktoken_cache  # noqa: E402
 
 # Make the unchanged line from sample.py, tiktoken.get_encoding("gpt2"), work without a network.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -20,7 +21,7 @@ import torch
 
 from .devices import check_seed
 from .errors import NanogptEduError, shown
-from .limits import MAX_CONFIG_BYTES, MAX_PROMPT_BYTES, read_bounded
+from .limits import MAX_CONFIG_BYTES, MAX_INT_BITS, MAX_PROMPT_BYTES, read_bounded
 from .sampling import check_sampling_args
 
 MAX_COUNT = 1_000_000  # num_samples and max_new_tokens: a million tokens is hours of generation on a CPU
@@ -87,6 +88,9 @@ def check_value(config: SampleConfig, key: str, value, where: str):
         except UnicodeEncodeError:  # a lone surrogate: bytes on the command line that are not UTF-8
             raise ConfigError(f"{where}: {key} is not valid text (it holds bytes that are not UTF-8)") from None
         return value
+    elif type(value) is int and value.bit_length() > MAX_INT_BITS:  # too long even to print (or to echo)
+        raise ConfigError(f"{where}: {key} is a whole number of {value.bit_length():,} bits, far too large for "
+                          "any setting")
     elif type(value) in allowed:
         return value
     elif isinstance(value, int) and not isinstance(value, bool) and float in allowed:
@@ -196,6 +200,10 @@ def validate(config: SampleConfig) -> None:
         check_seed(config.seed)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    bad_threads = getattr(sys.modules.get("nanogpt_edu"), "BAD_OMP_NUM_THREADS", None)
+    if bad_threads is not None:
+        raise ConfigError(f"the environment's OMP_NUM_THREADS={shown(bad_threads)} is not a number of threads "
+                          "(a whole number >= 1, or a list of them separated by commas)")
     if len(config.start.encode("utf-8")) > MAX_PROMPT_BYTES:
         raise ConfigError(f"start: the prompt has more than the limit of {MAX_PROMPT_BYTES:,} bytes")
 

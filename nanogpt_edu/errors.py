@@ -9,21 +9,30 @@ one-line message that names the file, flag or key and says what is wrong. The co
 
 from __future__ import annotations
 
+import re
 import reprlib
 
-# every character str.splitlines() splits at: a message keeps them, escaped, so it stays one line
-_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-_ESCAPED = {ord(c): c.encode("unicode_escape").decode("ascii") for c in _LINE_BREAKS}
+# What a terminal would act on instead of showing: the C0 and C1 control characters (ESC starts the sequences
+# that clear the screen or move the cursor up a line; CR and BS rewrite a line), DEL, the line and paragraph
+# separators str.splitlines() also splits at, and the bidirectional controls that reorder what is shown. A
+# message keeps them, escaped (\x1b, \u202e), so it stays one line that shows what the file or flag held.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """Return ``text`` with every control character escaped: safe to print as one line on a terminal."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 class NanogptEduError(ValueError):
     """The one error every user-input problem raises: bad flags, files, sizes, devices or environment.
 
-    ``str(error)`` is always a single line (line breaks in file names or values are shown escaped).
+    ``str(error)`` is always a single line with no control characters: line breaks, terminal escape sequences
+    and the like in file names or values are shown escaped (see ``one_line``).
     """
 
     def __init__(self, message: str):
-        super().__init__(str(message).translate(_ESCAPED))
+        super().__init__(one_line(message))
 
 
 _repr = reprlib.Repr()

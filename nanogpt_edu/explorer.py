@@ -24,17 +24,20 @@ import torch
 from bokeh.document import Document
 from bokeh.embed import file_html
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, CustomJS, Div, FactorRange, Select, Slider
+from bokeh.models import ColumnDataSource, CustomJS, Div, FactorRange, PlainText, Select, Slider
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
 from jinja2 import Template
 from torch.nn import functional as F
 
 from .plots import token_label
-from .sampling import apply_masks, apply_temperature
+from .errors import NanogptEduError
+from .errors import shown as shown_value
+from .sampling import apply_masks, apply_temperature, check_logits, check_sampling_args
 from .tokenizer import encode as gpt2_encode
 
 DEFAULT_PROMPTS = ("Hello, my name is", "ROMEO:", "The king")
+DEFAULT_SETTINGS = {"temperature": 0.8, "top_k": 200, "top_p": 1.0, "min_p": 0.0}  # nanoGPT's, top_p/min_p off
 SHOWN = 40  # bars per prompt: enough to see a mask's edge, few enough to read each token
 BEFORE, MASKED, KEPT = "#c9c9c9", "#f2a93b", "#2b7bb9"  # the colours of the notebooks' mask figures
 
@@ -79,7 +82,8 @@ const r = filtered_distribution(logits[i], temperature.value, top_k.value, top_p
 const n = labels[i].length;
 let mass = 0;
 for (let j = 0; j < r.kept; j++) mass += r.before[j];
-fig.title.text = "Next-token probabilities after " + JSON.stringify(prompts[i]);
+// a new PlainText, never a string: Bokeh reads a string with $$ or \\( in it as TeX, and prompts may hold them
+fig.title.text = new fig.title.text.constructor({text: "Next-token probabilities after " + JSON.stringify(prompts[i])});
 fig.x_range.factors = labels[i];
 const before = Array.from(r.before.subarray(0, n));
 bars.data = {token: labels[i], before: before, after: Array.from(r.after.subarray(0, n)),
@@ -88,6 +92,35 @@ kept.text = `<b>tokens kept: <span class="kept-count">${r.kept.toLocaleString("e
   `${logits[i].length.toLocaleString("en-US")}, holding ${(100 * mass).toFixed(1)}% of the probability before ` +
   `the masks; renormalised, they share 100%.`;
 """
+
+
+# each slider's title and range: the settings the page can show (temperature 0, greedy, is not a distribution)
+SLIDERS = {"temperature": ("temperature", 0.05, 2.0, 0.05), "top_k": ("top_k (0 = off)", 0, 500, 1),
+           "top_p": ("top_p (1 = off)", 0.01, 1.0, 0.01), "min_p": ("min_p (0 = off)", 0.0, 1.0, 0.01)}
+_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}  # what None (a filter turned off) is on the sliders
+
+
+def check_settings(**settings) -> dict:
+    """Return the sliders' starting values for ``settings``; raise ``NanogptEduError`` for one they cannot show.
+
+    Checked as ``nanogpt_edu.sampling`` checks them, and then against each slider's range (a temperature must be
+    above 0: the page draws a distribution, and temperature 0 is greedy decoding, which has none).
+    """
+    unknown = set(settings) - set(SLIDERS)
+    if unknown:
+        raise NanogptEduError(f"sampling_explorer has no setting {shown_value(sorted(unknown)[0])}; it has "
+                              f"{', '.join(SLIDERS)}")
+    values = {name: settings.get(name, default) for name, default in DEFAULT_SETTINGS.items()}
+    values.update({name: _OFF[name] for name in _OFF if values[name] is None})
+    try:
+        check_sampling_args(values["temperature"], values["top_k"] or None, values["top_p"], values["min_p"])
+    except ValueError as e:
+        raise NanogptEduError(str(e)) from None
+    for name, (_, start, end, _) in SLIDERS.items():
+        if not start <= values[name] <= end:
+            raise NanogptEduError(f"the explorer's {name} must be from {start} to {end} (its slider's range), "
+                                  f"got {shown_value(values[name])}")
+    return values
 
 
 @dataclass
@@ -114,6 +147,9 @@ def next_token_logits(model: torch.nn.Module, prompt: str, shown: int = SHOWN,
                       encode: Callable[[str], list[int]] = gpt2_encode,
                       decode_bytes: Callable[[int], bytes] | None = None) -> NextTokenLogits:
     """Run ``model`` on ``prompt`` and return the last position's logits, sorted, with labels for ``shown`` tokens."""
+    if not isinstance(model, torch.nn.Module) or type(getattr(getattr(model, "config", None), "block_size", None)) \
+            is not int:
+        raise NanogptEduError(f"model must be a GPT (a module with config.block_size), got {shown_value(model)}")
     idx = torch.tensor(encode(prompt), dtype=torch.long)[None, -model.config.block_size:]
     logits, _ = model(idx)
     values, ids = torch.sort(logits[0, -1].float(), descending=True)
@@ -132,6 +168,7 @@ def filtered_distribution(logits: torch.Tensor, temperature: float, top_k: int |
     Temperature, then each mask that is set, then softmax, in float64: the same arithmetic the explorer's
     ``DISTRIBUTION_JS`` does in the browser. ``logits`` is one row (vocab_size,).
     """
+    check_logits(logits)
     scaled = apply_temperature(logits.double()[None, :], temperature)
     masked = apply_masks(scaled, top_k, top_p, min_p)
     return Distribution(F.softmax(scaled, dim=-1)[0], F.softmax(masked, dim=-1)[0], int(torch.isfinite(masked).sum()))
@@ -140,13 +177,17 @@ def filtered_distribution(logits: torch.Tensor, temperature: float, top_k: int |
 def explorer_document(rows: Sequence[NextTokenLogits], temperature: float = 0.8, top_k: int = 200,
                       top_p: float = 1.0, min_p: float = 0.0) -> Document:
     """Return the Bokeh document of the explorer: prompt choice, four sliders, the tokens-kept line, the bars."""
+    values = check_settings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    if isinstance(rows, (str, bytes)) or not rows or not all(isinstance(r, NextTokenLogits) for r in rows):
+        raise NanogptEduError(f"explorer_document takes a list of NextTokenLogits, got {shown_value(rows)}")
     first = rows[0]
     zeros = [0.0] * len(first.labels)
     bars = ColumnDataSource(dict(token=first.labels, before=zeros, masked=zeros, after=zeros))
     fig = figure(x_range=FactorRange(*first.labels), width=900, height=380, toolbar_location=None, tools="hover",
                  tooltips=[("token", "@token"), ("before the masks", "@before{0.0000}"),
                            ("after the masks", "@after{0.0000}")], name="bars")
-    fig.title.text = f"Next-token probabilities after {json.dumps(first.prompt)}"  # as the page's code writes it
+    # as the page's code writes it, as plain text: a string holding $$ or \( would be drawn as TeX
+    fig.title.text = PlainText(text=f"Next-token probabilities after {json.dumps(first.prompt)}")
     # each token's probability before the masks in grey (outlined in orange if a mask drops it), after them in blue
     fig.vbar(x="token", top="before", source=bars, width=0.8, color=BEFORE, legend_label="before the masks")
     fig.vbar(x="token", top="masked", source=bars, width=0.45, fill_alpha=0, line_color=MASKED, hatch_pattern="/",
@@ -158,14 +199,10 @@ def explorer_document(rows: Sequence[NextTokenLogits], temperature: float = 0.8,
     fig.y_range.start = 0
     fig.legend.location = "top_right"
 
-    controls = dict(
-        prompt=Select(title="prompt", value="0", options=[(str(i), repr(r.prompt)) for i, r in enumerate(rows)],
-                      width=300),
-        temperature=Slider(title="temperature", start=0.05, end=2.0, step=0.05, value=temperature, width=210),
-        top_k=Slider(title="top_k (0 = off)", start=0, end=500, step=1, value=top_k, width=210),
-        top_p=Slider(title="top_p (1 = off)", start=0.01, end=1.0, step=0.01, value=top_p, width=210),
-        min_p=Slider(title="min_p (0 = off)", start=0.0, end=1.0, step=0.01, value=min_p, width=210),
-    )
+    controls = dict(prompt=Select(title="prompt", value="0", width=300,
+                                  options=[(str(i), repr(r.prompt)) for i, r in enumerate(rows)]))
+    for name, (title, start, end, step) in SLIDERS.items():
+        controls[name] = Slider(title=title, start=start, end=end, step=step, value=values[name], width=210)
     for name, widget in controls.items():
         widget.name = name
     kept = Div(text="", name="kept", width=900)
@@ -210,6 +247,10 @@ def sampling_explorer(model: torch.nn.Module, prompts: Sequence[str] = DEFAULT_P
     ``model`` should be in eval mode, as ``load_model`` returns it (dropout would make the logits random). Shows
     the ``shown`` likeliest tokens as bars. ``settings`` are the sliders' starting values (temperature=0.8,
     top_k=200, top_p=1.0, min_p=0.0: nanoGPT's defaults, with top_p and min_p off). In a notebook, make it the
-    cell's last expression.
+    cell's last expression. Settings the sliders cannot show (a temperature of 0 or below, say) raise
+    ``NanogptEduError`` before the model runs.
     """
+    check_settings(**settings)
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise NanogptEduError(f"prompts must be a list of strings, got {shown_value(prompts)}")
     return ExplorerPage(explorer_document([next_token_logits(model, p, shown) for p in prompts], **settings), prompts)

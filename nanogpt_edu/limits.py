@@ -22,14 +22,68 @@ MAX_LAYERS = 256  # twice the deepest GPT-style model published; each layer is a
 MODEL_DIMS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
 
 
+SYSTEM_FOLDERS = ("/proc/", "/sys/")  # the kernel's own files: they look regular, and may block or never end
+MAX_INT_BITS = 14_000  # about 4,200 digits: Python will not write an int of more than 4,300 as text
+
+
+def check_omp_num_threads(environ=os.environ) -> str | None:
+    """Take a malformed ``OMP_NUM_THREADS`` out of ``environ`` before torch loads OpenMP; return the value, or None.
+
+    GNU OpenMP reads it once, when torch is first imported, and prints its own two-line complaint about a value
+    it cannot use (not a list of whole numbers >= 1). The package imports this before torch, so the command line
+    can refuse the value in its one error line instead (``sample.run``).
+    """
+    value = environ.get("OMP_NUM_THREADS")
+    if value is None or _valid_thread_counts(value):
+        return None
+    del environ["OMP_NUM_THREADS"]
+    return value
+
+
+def _valid_thread_counts(value: str) -> bool:
+    # libgomp's rule: blank, or a comma-separated list of whole numbers from 1 to 2**64 - 1 (spaces and + allowed)
+    if not value.strip():
+        return True
+    for item in value.split(","):
+        digits = item.strip().removeprefix("+")
+        if not (digits.isascii() and digits.isdigit() and 0 < int(digits) < 1 << 64):
+            return False
+    return True
+
+
 def read_bounded(path: str | Path, limit: int, what: str, error: type[NanogptEduError]) -> bytes:
     """Return the bytes of the regular file ``path``; raise ``error`` naming ``what`` and ``path`` otherwise.
 
     Devices, pipes and sockets are refused without opening them (``/dev/zero`` never ends, a pipe with no writer
-    never opens), and so is any file of more than ``limit`` bytes.
+    never opens), and so is anything under ``/proc`` or ``/sys`` and any file of more than ``limit`` bytes. The
+    file is opened without blocking and checked again once open, so it cannot be swapped for a pipe in between.
+    """
+    check_regular_file(path, what, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise error(f"{what} {path} is not a regular file (devices, pipes and sockets are not read)")
+            if info.st_size > limit:
+                raise error(f"{what} {path} has {info.st_size:,} bytes, more than the limit of {limit:,}")
+            data = f.read(limit + 1)  # a file may grow after stat, or report size 0: read no further
+    except (OSError, ValueError) as e:
+        raise error(f"{what} {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    if len(data) > limit:
+        raise error(f"{what} {path} has more than the limit of {limit:,} bytes")
+    return data
+
+
+def check_regular_file(path: str | Path, what: str, error: type[NanogptEduError]) -> os.stat_result:
+    """Raise ``error`` unless ``path`` is a regular file outside ``/proc`` and ``/sys``; return its ``os.stat``.
+
+    Files there look regular but are not: ``/proc/kmsg`` blocks until the kernel logs something, others never end
+    or change as they are read. Nothing a user names for this package lives there.
     """
     try:
         info = os.stat(path)
+        real = os.path.realpath(path)
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL character in the path
@@ -38,16 +92,14 @@ def read_bounded(path: str | Path, limit: int, what: str, error: type[NanogptEdu
         raise error(f"{what} {path} is a directory")
     if not stat.S_ISREG(info.st_mode):
         raise error(f"{what} {path} is not a regular file (devices, pipes and sockets are not read)")
-    if info.st_size > limit:
-        raise error(f"{what} {path} has {info.st_size:,} bytes, more than the limit of {limit:,}")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)  # a file may grow after stat, or report size 0 (/proc): read no further
-    except OSError as e:
-        raise error(f"{what} {path} cannot be read: {e.strerror or e}") from None
-    if len(data) > limit:
-        raise error(f"{what} {path} has more than the limit of {limit:,} bytes")
-    return data
+    refuse_system_file(real, path, what, error)
+    return info
+
+
+def refuse_system_file(real: str, path: str | Path, what: str, error: type[NanogptEduError]) -> None:
+    """Raise ``error`` if ``real`` (``path`` with its links resolved) is under ``/proc`` or ``/sys``."""
+    if real.startswith(SYSTEM_FOLDERS):
+        raise error(f"{what} {path} cannot be read: files under /proc and /sys are the kernel's, not data")
 
 
 def check_model_dims(dims: Mapping, where: str, error: type[NanogptEduError]) -> None:

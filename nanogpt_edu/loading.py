@@ -28,10 +28,10 @@ from typing import Callable
 import torch
 
 from .errors import NanogptEduError, shown
-from .limits import MAX_PICKLE_BYTES, check_memory, check_model_dims, read_bounded
+from .limits import MAX_PICKLE_BYTES, check_memory, check_model_dims, read_bounded, refuse_system_file
 from .model import GPT, GPTConfig
-from .porting import (GPT2_DIMS, HF_CONFIG, IGNORED_SUFFIXES, _copy_into, _empty_model, _expected_shapes,
-                      _first_line, from_pretrained, read_hf_config)
+from .porting import (GPT2_DIMS, HF_CONFIG, IGNORED_SUFFIXES, _check_tied, _copy_into, _empty_model,
+                      _expected_shapes, _first_line, from_pretrained, read_hf_config)
 from .tokenizer import EOT_ID, N_VOCAB, decode, encode, get_encoding
 
 CKPT = "ckpt.pt"
@@ -139,6 +139,7 @@ def _read_checkpoint(path: Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         raise LoadError(f"init_from='resume' looks for {path}, which does not exist (set --out_dir)")
     if not os.path.isfile(path):
         raise LoadError(f"{path} is not a regular file")
+    refuse_system_file(os.path.realpath(path), path, "checkpoint", LoadError)
     _check_archive(path)
     try:
         # weights_only: tensors and plain containers only, so a checkpoint cannot run code while it loads;
@@ -203,18 +204,26 @@ def _checked_weights(weights: dict, config: GPTConfig, path: Path) -> dict[str, 
             raise LoadError(f"{path}: weight {shown(key)} has shape {tuple(tensor.shape)}, its model_args give "
                             f"{tuple(expected[name])}")
         state[name] = tensor
-    state.pop("lm_head.weight", None)  # the head is tied to wte: the same tensor, copied once
+    head = state.pop("lm_head.weight", None)  # the head is tied to wte: the same tensor, copied once
     missing = [k for k in expected if k != "lm_head.weight" and k not in state]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise LoadError(f"{path}: the weight {missing[0]!r}{more} is missing")
+    if head is not None:  # but only if it is wte's: a head of its own would be dropped, and the logits wrong
+        _check_tied(head, state["transformer.wte.weight"], path, LoadError)
     return state
 
 
 def _tensor_problem(tensor) -> str | None:
-    # what makes a value unusable as a weight, in a few words, or None
+    # what makes a value unusable as a weight, in a few words, or None: anything but a plain dense tensor
     if not isinstance(tensor, torch.Tensor):
         return f"a {type(tensor).__name__}"
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):  # a subclass: a jagged nested tensor, say
+        return f"a {type(tensor).__name__}"
+    if tensor.is_nested:  # strided nested tensors have no shape at all
+        return "a nested tensor"
+    if tensor.is_quantized:
+        return "a quantized tensor"
     if tensor.layout != torch.strided:
         return f"a {tensor.layout} tensor"
     if tensor.device.type != "cpu":  # a tensor saved from the meta device holds no numbers

@@ -4,20 +4,24 @@ attention and the layers compute.
 Every function returns a matplotlib ``Figure`` with a title that states what it shows and labelled axes; the
 notebook shows it. Figures are at most ``MAX_WIDTH`` inches wide, so a notebook column shows them at full size,
 and every label is at least ``FONT_SIZE`` points. Tokens are labelled with their text (``repr``-style, so a
-leading space or a newline stays visible).
+leading space or a newline stays visible). Every text is drawn as it is, never parsed as math: GPT-2 has tokens
+like ``$$``, `` $$``, ``#$#$`` and ``$$$$`` that matplotlib would otherwise read as the start of a formula.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.patches import Patch
 from torch.nn import functional as F
 
+from .errors import NanogptEduError, shown
 from .sampling import apply_masks, apply_temperature, min_p_mask, top_k_mask, top_p_mask
 from .tokenizer import get_encoding
 
@@ -26,10 +30,35 @@ MAX_WIDTH = 10.0  # inches: about the width of a notebook column at matplotlib's
 FONT_SIZE = 9  # points: the smallest text on any figure
 
 
+def _figure_function(plot: Callable[..., Figure]) -> Callable[..., Figure]:
+    # Every figure function is wrapped, the one place where each is entered. Its texts are made while math
+    # parsing is off, and any text the figure holds afterwards is switched off too, so a "$" in a token, title or
+    # label is drawn as a dollar sign. Input it cannot draw (the wrong type, shape or size) raises
+    # NanogptEduError in one line, as the package promises, instead of whatever torch or matplotlib raised.
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs) -> Figure:
+        try:
+            with plt.rc_context({"text.parse_math": False}):
+                fig = plot(*args, **kwargs)
+        except NanogptEduError:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError, RuntimeError) as e:
+            message = (str(e).strip().splitlines() or [""])[0]
+            raise NanogptEduError(f"{plot.__name__} cannot draw this input ({type(e).__name__}: {message})") from None
+        for text in fig.findobj(Text):
+            text.set_parse_math(False)
+        return fig
+
+    return wrapper
+
+
 def token_label(token_id: int, decode_bytes: Callable[[int], bytes] | None = None) -> str:
     """Return a short printable label for a token: its text in quotes, with spaces and newlines visible."""
     decode_bytes = decode_bytes or get_encoding().decode_single_token_bytes
-    text = decode_bytes(token_id).decode("utf-8", errors="replace")
+    try:
+        text = decode_bytes(token_id).decode("utf-8", errors="replace")
+    except (KeyError, IndexError, ValueError, TypeError, OverflowError):  # tiktoken: KeyError for an unknown id
+        raise NanogptEduError(f"token id {shown(token_id)} is not in the vocabulary") from None
     return repr(text)
 
 
@@ -54,6 +83,7 @@ def _token_axis(ax, labels: Sequence[str], xlabel: str) -> None:
     ax.tick_params(axis="y", labelsize=FONT_SIZE)
 
 
+@_figure_function
 def plot_next_token_probs(probs: torch.Tensor, top: int = 20, title: str = "Next-token probabilities",
                           decode_bytes=None) -> Figure:
     """Return a bar chart of the ``top`` most likely next tokens of a probability vector (vocab_size,)."""
@@ -86,6 +116,7 @@ def _mask_legend(ax) -> None:
               fontsize=FONT_SIZE)
 
 
+@_figure_function
 def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=None,
                     score_label: str = "logit") -> Figure:
     """Return a two-row figure of the top-k mask on scores (vocab_size,): the scores, then the probabilities.
@@ -118,6 +149,7 @@ def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=N
     return fig
 
 
+@_figure_function
 def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = (0.5, 0.8, 1.0, 1.5),
                           top: int = 12, decode_bytes=None) -> Figure:
     """Return one panel per temperature (two per row): the ``top`` tokens' probabilities of
@@ -144,6 +176,7 @@ def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = 
     return fig
 
 
+@_figure_function
 def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k: int = 10, top_p: float = 0.5,
                            min_p: float = 0.2, show: int = 16, decode_bytes=None) -> Figure:
     """Return greedy, top-k, top-p and min-p side by side on the same logits (after the temperature): which of
@@ -174,6 +207,7 @@ def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k
     return fig
 
 
+@_figure_function
 def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[float]],
                         title: str = "Time per generated token") -> Figure:
     """Return a line plot of milliseconds per token against context length, one line per method."""
@@ -188,6 +222,7 @@ def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[flo
     return fig
 
 
+@_figure_function
 def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> Figure:
     """Return one heatmap per head of attention ``weights`` (n_head, T, T): row = the token that looks (query),
     column = the token looked at (key); ``labels`` are the T tokens. The masked future (above the diagonal) is
@@ -225,6 +260,7 @@ def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> 
     return fig
 
 
+@_figure_function
 def plot_gelu() -> Figure:
     """Return GELU (exact and GPT-2's tanh form) beside ReLU on [-4, 3]."""
     x = torch.linspace(-4, 3, 400)
@@ -241,6 +277,7 @@ def plot_gelu() -> Figure:
     return fig
 
 
+@_figure_function
 def plot_architecture(stages: Sequence[tuple[str, str, Sequence[int]]], repeated: tuple[int, int], n_layer: int,
                       residuals: Sequence[tuple[int, int]] = (), title: str = "One forward pass") -> Figure:
     """Return a top-to-bottom diagram of a forward pass: one box per stage, with its shape.
@@ -259,8 +296,8 @@ def plot_architecture(stages: Sequence[tuple[str, str, Sequence[int]]], repeated
         ax.add_patch(plt.Rectangle((left, y[i] - 0.3), right - left, 0.6, facecolor="#dbe9f6" if added else "white",
                                    edgecolor=KEPT, linewidth=1.2))
         ax.text(left + 0.02, y[i], what, ha="left", va="center", fontsize=FONT_SIZE + 1)
-        shown = "(" + ", ".join(f"{d:,}" for d in shape) + ")"
-        ax.text(right - 0.02, y[i], f"{symbols} = {shown}", ha="right", va="center", fontsize=FONT_SIZE + 1,
+        dims = "(" + ", ".join(f"{d:,}" for d in shape) + ")"
+        ax.text(right - 0.02, y[i], f"{symbols} = {dims}", ha="right", va="center", fontsize=FONT_SIZE + 1,
                 family="monospace")
         if i + 1 < n:
             ax.annotate("", xy=(0.5, y[i + 1] + 0.3), xytext=(0.5, y[i] - 0.3),
@@ -288,6 +325,7 @@ def plot_architecture(stages: Sequence[tuple[str, str, Sequence[int]]], repeated
     return fig
 
 
+@_figure_function
 def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: Sequence[float],
                     title: str) -> Figure:
     """Return one bar per layer: the probability of that layer's top guess, labelled with the guess itself."""
@@ -307,6 +345,7 @@ def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: S
     return fig
 
 
+@_figure_function
 def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15, decode_bytes=None) -> Figure:
     """Return the ``top`` likeliest tokens' probabilities beside how often each came up in ``draws`` (ids).
 
@@ -331,6 +370,7 @@ def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15,
     return fig
 
 
+@_figure_function
 def plot_kept_per_step(kept: Sequence[int], top_k: int, top_p: float) -> Figure:
     """Return how many tokens top-p kept at each step of a generation, beside top-k's fixed ``top_k``."""
     fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 4))
@@ -345,6 +385,7 @@ def plot_kept_per_step(kept: Sequence[int], top_k: int, top_p: float) -> Figure:
     return fig
 
 
+@_figure_function
 def plot_every_probability(logits: torch.Tensor, names: Sequence[str], settings: Sequence[dict],
                            title: str = "Every token's probability under each setting") -> Figure:
     """Return one panel per sampling setting, each with a bar for every token of a small vocabulary.
@@ -386,6 +427,7 @@ def plot_every_probability(logits: torch.Tensor, names: Sequence[str], settings:
     return fig
 
 
+@_figure_function
 def plot_log_probabilities(logits: torch.Tensor, names: Sequence[str], temperatures: Sequence[float] = (0.5, 1.0, 2.0),
                            title: str = "Log-probabilities: temperature divides every gap by T") -> Figure:
     """Return ln p of every token of a small vocabulary, one line per temperature: log_softmax(logits / T).

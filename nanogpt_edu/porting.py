@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import NanogptEduError, shown
-from .limits import MAX_CONFIG_BYTES, check_memory, check_model_dims, read_bounded
+from .limits import MAX_CONFIG_BYTES, check_memory, check_model_dims, read_bounded, refuse_system_file
 from .model import GPT, LAYER_NORM_EPS, GPTConfig
 from .tokenizer import EOT_ID, N_VOCAB
 
@@ -124,6 +124,9 @@ def _expected_shapes(config: GPTConfig) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
+HEAD = "lm_head.weight"  # GPT-2's output head: the token embedding's own tensor (tied), never a separate one
+
+
 def _our_key(hf_key: str) -> str:
     # GPT2LMHeadModel checkpoints say "transformer.h.0...", bare GPT2Model ones (like OpenAI's upload) say "h.0..."
     if hf_key.startswith(("transformer.", "lm_head.")):
@@ -172,7 +175,25 @@ def port_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPTCon
     ported = {key: hf_state_dict[hf_key].t().contiguous() if transpose else hf_state_dict[hf_key]
               for hf_key, key, transpose in plan}
     ported["lm_head.weight"] = ported["transformer.wte.weight"]
+    if HEAD in hf_state_dict:
+        _check_tied(hf_state_dict[HEAD], ported["transformer.wte.weight"], "the Hugging Face state dict")
     return ported
+
+
+@torch.no_grad()
+def _check_tied(head: torch.Tensor, wte: torch.Tensor, source, error: type[NanogptEduError] = PortingError) -> None:
+    # our GPT ties the head to wte, as GPT-2 does; a checkpoint whose own head differs would give other logits
+    # (transformers then keeps the two apart), so it is refused rather than loaded with the wrong head
+    if not isinstance(head, torch.Tensor) or head.shape != wte.shape:
+        same = False
+    elif (head.dtype, head.device, head.stride(), head.data_ptr()) == (wte.dtype, wte.device, wte.stride(),
+                                                                        wte.data_ptr()):
+        same = True  # one tensor saved under both names, as torch.save writes a tied model
+    else:
+        same = torch.equal(head.to(device=wte.device, dtype=wte.dtype), wte)
+    if not same:
+        raise error(f"{source}: {HEAD!r} differs from 'transformer.wte.weight'; this GPT ties the output "
+                    "head to the token embedding, as GPT-2 does, so a separate head cannot be loaded")
 
 
 def export_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -220,11 +241,14 @@ def load_hf_folder(folder: str | Path, dtype: torch.dtype = torch.float32) -> GP
     weights = folder / HF_WEIGHTS
     if not os.path.isfile(weights):
         raise PortingError(f"{weights} is not a regular file")
+    refuse_system_file(os.path.realpath(weights), weights, "weights file", PortingError)
     try:
         with safe_open(weights, framework="pt") as f:
             plan = _port_plan(f.keys(), lambda k: f.get_slice(k).get_shape(), config)
             model = _empty_model(config, dtype)
             _copy_into(model, plan, f.get_tensor, weights)
+            if HEAD in f.keys():
+                _check_tied(f.get_tensor(HEAD), model.transformer.wte.weight, weights)
     except (SafetensorError, OSError) as e:
         raise PortingError(f"{weights} is not a readable safetensors file ({_first_line(e)})") from None
     return model.eval()

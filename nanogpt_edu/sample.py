@@ -22,7 +22,7 @@ import torch
 
 from .config import ConfigError, SampleConfig, apply_overrides, resolve_start, validate
 from .devices import DeviceError, setup_torch
-from .errors import NanogptEduError, shown
+from .errors import NanogptEduError, one_line, shown
 from .loading import LoadError, load
 from .porting import ModelNotAvailableError, PortingError
 from .sampling import generate, start_from_eot_if_empty, stream_text
@@ -59,6 +59,7 @@ def run(config: SampleConfig, out: TextIO | None = None, err: TextIO | None = No
         x = start_from_eot_if_empty(prompt_ids, codec.eot).to(setup.device)
     except ValueError as e:
         raise ConfigError(f"start: {e}") from None
+    compile_errors = _check_compile(setup.device) if config.compile else ()
     # said only now that every input has passed, so a bad one leaves a single line on stderr: its error
     print(setup.explanation, file=err)
     model = model.to(setup.device)
@@ -87,9 +88,31 @@ def run(config: SampleConfig, out: TextIO | None = None, err: TextIO | None = No
                     _write(out, codec.decode(ids) + "\n")
                 _write(out, SEPARATOR + "\n")
     except ValueError as e:  # sampling refuses NaN or infinite logits: finite weights that overflow on the way
-        if isinstance(e, NanogptEduError):
+        if isinstance(e, OutputError):
             raise
         raise NanogptEduError(f"init_from={shown(config.init_from)}: generation stopped: {e}") from None
+    except compile_errors as e:  # torch.compile failed on the first call (a compiler that runs but fails)
+        raise ConfigError(f"compile=True: torch.compile failed ({_first_line(e)}); run without --compile") from None
+
+
+def _check_compile(device: str) -> tuple[type[BaseException], ...]:
+    """Raise ``ConfigError`` if ``torch.compile`` cannot work here; return the errors it raises when it fails."""
+    import torch._dynamo.exc
+
+    if device == "cpu":  # inductor turns the model into C++ on a CPU: without a compiler the first call fails
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except Exception as e:  # InvalidCxxCompiler, or an OSError running the one named in CXX
+            raise ConfigError(f"compile=True needs a working C++ compiler on a CPU, and none was found "
+                              f"({_first_line(e)}); run without --compile") from None
+    return (torch._dynamo.exc.TorchDynamoException,)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _write(out: TextIO, text: str) -> None:
@@ -113,6 +136,8 @@ def trim_at_stop(ids: list[int], prompt_length: int, stop_token: int | None) -> 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (2 for bad input, with one line on stderr; see the module doc)."""
     argv = sys.argv[1:] if argv is None else argv
+    if sys.stderr is None:  # started with stderr closed (`2>&-`): print(file=None) would write into stdout
+        sys.stderr = open(os.devnull, "w")
     if sys.stdout is None:  # started with stdout closed (`>&-`): there is nowhere to put the samples
         _report("error: standard output is closed; nowhere to write the samples")
         return EXIT_BAD_INPUT
@@ -165,8 +190,9 @@ def _silence_stdout() -> None:
 
 
 def _report(line: str) -> None:
+    # every line this prints goes through one_line: no control character from a file or flag reaches the terminal
     try:
-        print(line, file=sys.stderr, flush=True)
+        print(one_line(line), file=sys.stderr, flush=True)
     except OSError:  # stderr itself cannot be written: the exit status still says it
         pass
 

@@ -3,18 +3,23 @@
 One step of generation: crop the context to the last ``block_size`` tokens, run the model, keep the logits of the
 last position, divide by the temperature, mask the unlikely tokens (top-k, and here also top-p or min-p), turn the
 logits into probabilities with softmax, draw one token with ``torch.multinomial``, append it, repeat.
+
+Each step checks what it is given and raises ``NanogptEduError`` (a ``ValueError``) in one line for anything it
+cannot use: settings out of range, logits that are not a tensor of scores, token ids outside the model's vocabulary.
 """
 
 from __future__ import annotations
 
 import codecs
 import math
+import operator
 from collections.abc import Iterator
 
 import torch
 from torch.nn import functional as F
 
 from . import fast  # the engine: generate_steps asks it, once per call, for a faster one-token step
+from .errors import NanogptEduError, shown
 from .tokenizer import EOT_ID, get_encoding
 
 
@@ -24,8 +29,9 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     Temperature 0 is greedy decoding, which is an argmax rather than a division: ``sample_next_token`` handles it.
     """
     check_sampling_args(temperature=temperature)
+    check_logits(logits)
     if temperature == 0:
-        raise ValueError("temperature 0 means greedy decoding (argmax); it cannot scale logits")
+        raise NanogptEduError("temperature 0 means greedy decoding (argmax); it cannot scale logits")
     return logits / temperature
 
 
@@ -37,6 +43,7 @@ def top_k_mask(logits: torch.Tensor, k: int) -> torch.Tensor:
     the vocabulary keeps everything.
     """
     check_sampling_args(top_k=k)
+    check_logits(logits)
     k = min(k, logits.size(-1))
     kth_largest = torch.topk(logits, k, dim=-1).values[..., [-1]]  # (B, 1)
     return logits.masked_fill(logits < kth_largest, -float("inf"))
@@ -52,6 +59,7 @@ def top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
     rounding can make Hugging Face drop tokens of vanishing probability.
     """
     check_sampling_args(top_p=p)
+    check_logits(logits)
     if p == 1:
         return logits  # cumulative sums can round to just above 1; keeping everything is what p = 1 means
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -70,6 +78,7 @@ def min_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
     one many. ``p = 0`` keeps everything; ``p = 1`` keeps only the top token (and its ties).
     """
     check_sampling_args(min_p=p)
+    check_logits(logits)
     probs = F.softmax(logits, dim=-1)
     threshold = p * probs.max(dim=-1, keepdim=True).values
     return logits.masked_fill(probs < threshold, -float("inf"))
@@ -89,20 +98,25 @@ def sample_next_token(
     ``generator`` (or torch's global generator, as nanoGPT uses). ``temperature=0`` takes the argmax instead.
     """
     check_sampling_args(temperature, top_k, top_p, min_p)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (batch, vocab_size), got {tuple(logits.shape)}")
+    check_logits(logits)
+    if logits.dim() != 2 or logits.size(0) == 0:
+        raise NanogptEduError(f"logits must have shape (batch, vocab_size), got {tuple(logits.shape)}")
+    _check_generator(generator)
     return _sample(logits, temperature, top_k, top_p, min_p, generator)
 
 
 def _sample(logits, temperature, top_k, top_p, min_p, generator) -> torch.Tensor:
     # sample_next_token without the argument checks: generate checks its arguments once, not at every step
-    if not (logits < math.inf).all():  # one pass finds NaN (no comparison holds) and +inf; -inf is a masked token
-        raise ValueError("the logits contain NaN or +inf: the model's forward pass went wrong (check its weights "
-                         "and dtype)")
+    top = logits.amax(dim=-1)  # one pass: NaN anywhere makes a row's top NaN, +inf makes it +inf
+    if not torch.isfinite(top).all():
+        if (top == -math.inf).any():  # -inf is a masked token, and this row has nothing else
+            raise NanogptEduError("a row of logits is -inf everywhere: every token is masked, so there is nothing "
+                                  "to sample")
+        raise NanogptEduError("the logits contain NaN or +inf: the model's forward pass went wrong (check its "
+                              "weights and dtype)")
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
     if temperature < 1:
-        top = logits.amax(dim=-1)
         if (torch.isinf(top / temperature) & torch.isfinite(top)).any():
             # so small a temperature that the top score overflows float: softmax would give NaN, and the
             # distribution it tends to as the temperature falls to 0 puts everything on the argmax: greedy
@@ -138,7 +152,7 @@ def generate_steps(
     use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the new token of every row, a (B, 1) LongTensor, one step at a time (see ``generate``)."""
-    idx = _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p)
+    idx = _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, stop_token, generator)
     block_size = model.config.block_size
     finished = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
     # room for the whole generation, or for block_size positions once it must slide the window
@@ -215,8 +229,8 @@ def stream_text(
     character. ``decode_bytes`` maps a token id to its bytes (GPT-2's by default); ``sampling`` takes the keyword
     arguments of ``generate``.
     """
-    if idx.dim() == 2 and idx.size(0) != 1:
-        raise ValueError(f"stream_text generates one sequence at a time; idx has {idx.size(0)} rows")
+    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(0) != 1:
+        raise NanogptEduError(f"stream_text generates one sequence at a time; idx has {idx.size(0)} rows")
     if decode_bytes is None:
         decode_bytes = get_encoding().decode_single_token_bytes
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -241,25 +255,25 @@ def start_from_eot_if_empty(idx: torch.Tensor, eot: int | None = EOT_ID) -> torc
     if not (isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.size(1) == 0):
         return idx
     if eot is None:
-        raise ValueError("the prompt is empty and this model's vocabulary has no <|endoftext|> to start from")
+        raise NanogptEduError("the prompt is empty and this model's vocabulary has no <|endoftext|> to start from")
     return torch.full((idx.size(0), 1), eot, dtype=torch.long, device=idx.device)
 
 
 def check_sampling_args(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                         min_p: float | None = None) -> None:
-    """Raise ``ValueError`` naming the first sampling setting out of its range (the one place they are checked).
+    """Raise ``NanogptEduError`` naming the first sampling setting out of its range (the one place they are checked).
 
     temperature: a finite number >= 0 (0 is greedy); top_k: a whole number >= 1; top_p: in (0, 1]; min_p: in
     [0, 1]; ``None`` turns a filter off.
     """
     if not _is_number(temperature) or not _is_finite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+        raise NanogptEduError(f"temperature must be a finite number >= 0 (0 means greedy), got {shown(temperature)}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a whole number of at least 1 (or None for no limit), got {top_k!r}")
+        raise NanogptEduError(f"top_k must be a whole number of at least 1 (or None for no limit), got {shown(top_k)}")
     if top_p is not None and not (_is_number(top_p) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        raise NanogptEduError(f"top_p must be a number in (0, 1], got {shown(top_p)}")
     if min_p is not None and not (_is_number(min_p) and 0 <= min_p <= 1):
-        raise ValueError(f"min_p must be a number in [0, 1], got {min_p!r}")
+        raise NanogptEduError(f"min_p must be a number in [0, 1], got {shown(min_p)}")
 
 
 def _is_number(value) -> bool:
@@ -273,11 +287,51 @@ def _is_finite(value: int | float) -> bool:
         return False
 
 
-def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p) -> torch.Tensor:
+def check_logits(logits) -> None:
+    """Raise ``NanogptEduError`` unless ``logits`` is a floating-point tensor of scores (..., vocab_size >= 1)."""
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.dim() >= 1
+            and logits.size(-1) >= 1):
+        what = f"{tuple(logits.shape)} {logits.dtype}" if isinstance(logits, torch.Tensor) else shown(logits)
+        raise NanogptEduError(f"logits must be a floating-point tensor (..., vocab_size), got {what}")
+
+
+def _is_token_id(value) -> bool:
+    # a whole number (ints, numpy ints, one-element integer tensors), not a bool
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return not isinstance(value, bool)
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise NanogptEduError(f"generator must be a torch.Generator or None, got {shown(generator)}")
+
+
+def _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, stop_token,
+                         generator) -> torch.Tensor:
+    # everything generate is given, checked once before the first step: the model's own forward (the lesson)
+    # raises plain errors, so ids outside its vocabulary and empty batches are refused here, by name
+    config = getattr(model, "config", None)
+    vocab_size, block_size = getattr(config, "vocab_size", None), getattr(config, "block_size", None)
+    if not isinstance(model, torch.nn.Module) or type(vocab_size) is not int or type(block_size) is not int \
+            or vocab_size < 1 or block_size < 1:
+        raise NanogptEduError(f"model must be a GPT (a module whose config has whole-number vocab_size and "
+                              f"block_size), got {shown(model)}")
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int, torch.int16):
         shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx must be a 2-D integer tensor of token ids (batch, time), got {shape}")
+        raise NanogptEduError(f"idx must be a 2-D integer tensor of token ids (batch, time), got {shape}")
+    if idx.size(0) == 0:
+        raise NanogptEduError("idx holds no sequences (batch size 0): there is nothing to generate from")
+    if idx.numel() and (idx.min() < 0 or idx.max() >= vocab_size):
+        bad = idx.min() if idx.min() < 0 else idx.max()
+        raise NanogptEduError(f"token id {bad.item()} is not in the model's vocabulary (0 to {vocab_size - 1})")
+    if stop_token is not None and not (_is_token_id(stop_token) and 0 <= stop_token < vocab_size):
+        raise NanogptEduError(f"stop_token must be a token id from 0 to {vocab_size - 1} or None, got "
+                              f"{shown(stop_token)}")
+    _check_generator(generator)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+        raise NanogptEduError(f"max_new_tokens must be a whole number >= 0, got {shown(max_new_tokens)}")
     check_sampling_args(temperature, top_k, top_p, min_p)
     return start_from_eot_if_empty(idx.long())

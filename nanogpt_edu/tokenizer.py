@@ -4,9 +4,10 @@
 it runs. This package ships both files, byte for byte, and offers two ways to use them without a network:
 
 * ``get_encoding()`` builds the encoding straight from the shipped files (it never touches tiktoken's cache);
-* ``install_tiktoken_cache()`` (run when ``nanogpt_edu`` is imported) copies them into tiktoken's cache folder
-  under the names tiktoken looks for, so the unchanged line from sample.py, ``tiktoken.get_encoding("gpt2")``,
-  works too. Where that folder cannot be written, it hands tiktoken the encoding built here instead.
+* ``install_tiktoken_cache()`` (run when ``nanogpt_edu`` is imported) makes the unchanged line from sample.py,
+  ``tiktoken.get_encoding("gpt2")``, build the same encoding from the shipped files. It writes a file only into a
+  cache folder the user chose (``TIKTOKEN_CACHE_DIR`` or ``DATA_GYM_CACHE_DIR``), never into tiktoken's default,
+  ``/tmp/data-gym-cache``, which every user of a shared machine can write to.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import json
 import operator
 import os
-import shutil
+import stat
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -59,13 +60,14 @@ def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
     """
     if name != "gpt2":
         raise NanogptEduError(f"only the 'gpt2' encoding ships with nanogpt_edu, not {shown(name)}")
-    return tiktoken.Encoding(
-        name="gpt2",
-        explicit_n_vocab=N_VOCAB,
-        pat_str=r50k_pat_str,
-        mergeable_ranks=_mergeable_ranks(),
-        special_tokens={EOT: EOT_ID},
-    )
+    return tiktoken.Encoding(**_gpt2_parameters())
+
+
+@functools.lru_cache(maxsize=None)
+def _gpt2_parameters() -> dict:
+    # what tiktoken.Encoding takes; also what tiktoken's registry asks a constructor for (see install_tiktoken_cache)
+    return dict(name="gpt2", explicit_n_vocab=N_VOCAB, pat_str=r50k_pat_str, mergeable_ranks=_mergeable_ranks(),
+                special_tokens={EOT: EOT_ID})
 
 
 def _mergeable_ranks() -> dict[bytes, int]:
@@ -93,40 +95,77 @@ def tiktoken_cache_dir() -> Path | None:
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
-def install_tiktoken_cache() -> bool:
-    """Copy the shipped BPE files into tiktoken's cache so ``tiktoken.get_encoding("gpt2")`` works offline.
+def chosen_cache_dir() -> Path | None:
+    """Return the tiktoken cache folder the user set (``TIKTOKEN_CACHE_DIR`` or ``DATA_GYM_CACHE_DIR``), else None."""
+    chosen = any(var in os.environ for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"))
+    return tiktoken_cache_dir() if chosen else None
 
-    Returns True when both files are in place afterwards (a copy whose contents are wrong is replaced). A cache
-    that is turned off or cannot be written is not an error: tiktoken is handed the encoding ``get_encoding()``
-    builds, so its ``get_encoding("gpt2")`` still works offline, and this returns False.
+
+def install_tiktoken_cache() -> bool:
+    """Make ``tiktoken.get_encoding("gpt2")`` work offline; return True if the BPE files are in the user's cache.
+
+    tiktoken is handed a constructor that builds the encoding from the shipped files (when first asked for, as
+    ``get_encoding()`` does), so nothing has to be written. The files are copied only into a cache folder the user
+    chose (``TIKTOKEN_CACHE_DIR``/``DATA_GYM_CACHE_DIR``), where other programs' tiktoken finds them too; tiktoken's
+    default, ``/tmp/data-gym-cache``, is shared by every user of the machine, so nothing is written there. Each copy
+    is written to a fresh file of its own (exclusive create, a random name) and renamed into place, so a link or
+    file another user planted is never followed or written into. A cache that is off or cannot be written is not
+    an error: this returns False.
     """
-    cache = tiktoken_cache_dir()
+    _register_with_tiktoken()
+    cache = chosen_cache_dir()
+    if cache is None:
+        return False
     try:
-        if cache is None:
-            raise PermissionError("tiktoken's cache is turned off")
         for filename, (url, sha256) in GPT2_FILES.items():
             target = cache / hashlib.sha1(url.encode()).hexdigest()
             if not _holds(target, bpe_file(filename), sha256):
-                cache.mkdir(parents=True, exist_ok=True)
-                # copy to a temporary name first so a concurrent reader never sees half a file
-                tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-                shutil.copyfile(bpe_file(filename), tmp)
-                os.replace(tmp, target)
+                cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _write_new(target, bpe_file(filename).read_bytes())
     except (OSError, ValueError):  # ValueError: a path tiktoken could not use either (e.g. a NUL byte)
-        # tiktoken looks in this dict before it looks for files: the encoding built here answers offline
-        tiktoken.registry.ENCODINGS.setdefault("gpt2", get_encoding())
         return False
     return True
 
 
-def _holds(path: Path, source: Path, sha256: str) -> bool:
-    # a file left by an interrupted or corrupted download would make tiktoken fetch it again: check its contents
-    # (the size first, so that a huge file there is never read)
+def _register_with_tiktoken() -> None:
+    # tiktoken looks in ENCODING_CONSTRUCTORS (filled once from its plugins) before any file: the gpt2 entry
+    # builds from the shipped files instead of downloading into the cache
     try:
-        return (path.is_file() and path.stat().st_size == source.stat().st_size
-                and hashlib.sha256(path.read_bytes()).hexdigest() == sha256)
+        tiktoken.registry._find_constructors()
+        tiktoken.registry.ENCODING_CONSTRUCTORS["gpt2"] = _gpt2_parameters
+    except (AttributeError, TypeError):  # another tiktoken's internals: hand it the built encoding instead
+        tiktoken.registry.ENCODINGS.setdefault("gpt2", get_encoding())
+
+
+def _write_new(target: Path, data: bytes) -> None:
+    # mkstemp creates the file exclusively (O_EXCL: never a file or link that is already there), readable only by
+    # this user (mode 0600); os.replace swaps the name in atomically, and replaces a link rather than following it
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _holds(path: Path, source: Path, sha256: str) -> bool:
+    # a file left by an interrupted or corrupted download would make tiktoken fetch it again: check its contents.
+    # Opened without following a link and without blocking (a FIFO planted there), and only if it is a regular
+    # file of the right size, so that a huge file there is never read
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return False
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size != source.stat().st_size:
+            return False
+        try:
+            return hashlib.sha256(f.read(info.st_size + 1)).hexdigest() == sha256
+        except OSError:
+            return False
 
 
 def encode(text: str, enc: tiktoken.Encoding | None = None) -> list[int]:

@@ -41,6 +41,8 @@ TIME_LIMIT = 20  # seconds: a case that takes longer has hung
 CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TINY = dict(n_layer=1, n_head=2, n_embd=8, block_size=16, bias=False, vocab_size=len(CHARS), dropout=0.0)
 CANARY = "CANARY"  # the file every code-running payload tries to create in its case's folder
+ESC = b"\x1b[2J\x1b[H\x1b]0;title\x07"  # clear the screen, move home, set the window title
+TERMINAL_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -150,6 +152,14 @@ def too_big_for_float32() -> torch.Tensor:
     return torch.full((16, 8), 1e300, dtype=torch.float64)  # finite in a file of float64, infinite once converted
 
 
+def nested(tensors, **layout) -> torch.Tensor:
+    import warnings
+
+    with warnings.catch_warnings():  # torch says its strided nested tensors are a prototype
+        warnings.simplefilter("ignore")
+        return torch.nested.nested_tensor(tensors, **layout)
+
+
 def without(key: str) -> dict:
     state = tiny_state()
     del state[key]
@@ -256,6 +266,9 @@ CFG, ST = "config.json", "model.safetensors"
 CONFIG_IMPORT = "from nanogpt_edu.config import apply_overrides, check_value, read_config_file, resolve_start\n"
 RUN_IMPORT = "from nanogpt_edu import SampleConfig; from nanogpt_edu.sample import run\n"
 LOAD_IMPORT = "from nanogpt_edu import load_model\n"
+TINY_MODEL = ("import torch; from math import inf; from nanogpt_edu.model import GPT, GPTConfig\n"
+              "from nanogpt_edu.sampling import *\n"
+              "m = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8)).eval()\n")
 
 CASES = [
     # --- the command line's flag values
@@ -481,6 +494,92 @@ CASES = [
         r"token id 50300 is not in the vocabulary \(0 to 50256\)"),
     api("decode of a huge id", "from nanogpt_edu.tokenizer import decode; decode([2**70])", "is not in the vocabulary"),
     api("encode of bytes", "from nanogpt_edu.tokenizer import encode; encode(b'hi')", "encode takes text"),
+    # --- silent wrong results, refused instead
+    cli("safetensors an lm_head of its own", lambda d: hf_tensor(d, "lm_head.weight", torch.ones(64, 8)),
+        r"model\.safetensors: 'lm_head\.weight' differs from 'transformer\.wte\.weight'; this GPT ties"),
+    cli("ckpt an lm_head of its own", lambda d: ckpt_weight(d, "lm_head.weight", lambda w: w.clone() + 1),
+        r"ckpt\.pt: 'lm_head\.weight' differs from 'transformer\.wte\.weight'"),
+    api("explorer temperature 0", "from nanogpt_edu.explorer import sampling_explorer\n"
+        "sampling_explorer(None, temperature=0)", r"temperature must be from 0\.05 to 2\.0"),
+    api("explorer temperature -1", "from nanogpt_edu.explorer import sampling_explorer\n"
+        "sampling_explorer(None, temperature=-1.0)", "temperature must be a finite number >= 0"),
+    api("explorer_document temperature nan", "from nanogpt_edu.explorer import explorer_document\n"
+        "explorer_document([], temperature=float('nan'))", "temperature must be a finite number"),
+    api("explorer top_p 0", "from nanogpt_edu.explorer import sampling_explorer\n"
+        "sampling_explorer(None, top_p=0)", r"top_p must be a number in \(0, 1\]"),
+    # --- one line, not a traceback or a hang
+    cli("seed a 5000-digit hex number", lambda d: ["--seed=0x" + "f" * 5000], "seed is a whole number of 20,000 bits"),
+    cli("top_k a negative hex number", lambda d: ["--top_k=-0x" + "9" * 5000], "top_k is a whole number of"),
+    cli("config a 5000-digit hex seed", lambda d: [write(d / "c.py", "seed = 0x" + "f" * 5000)],
+        r"c\.py, line 1: seed is a whole number of 20,000 bits"),
+    cli("ckpt a nested-tensor weight", lambda d: ckpt_weight(d, WPE, nested([torch.zeros(16, 8)])),
+        r"weight 'transformer\.wpe\.weight' is a nested tensor"),
+    cli("ckpt a jagged nested-tensor weight", lambda d: ckpt_weight(
+        d, WPE, nested([torch.zeros(2, 8), torch.zeros(3, 8)], layout=torch.jagged)),
+        r"weight 'transformer\.wpe\.weight' is a NestedTensor"),
+    cli("prompt /proc/kmsg", lambda d: ["--start=FILE:/proc/kmsg"], "cannot be read"),
+    cli("prompt a link to /proc/self/status", lambda d: [f"--start=FILE:{link(d / 'p.txt', '/proc/self/status')}"],
+        "files under /proc and /sys are the kernel's"),
+    cli("config /proc/self/environ", lambda d: ["/proc/self/environ"], "files under /proc and /sys"),
+    cli("config a /sys file", lambda d: ["/sys/kernel/mm/transparent_hugepage/enabled"], "cannot be read"),
+    cli("ckpt -> /proc/kmsg", lambda d: resume(link(d / "ckpt.pt", "/proc/kmsg").parent), "ckpt.pt"),
+    cli("ckpt -> /proc/self/status", lambda d: resume(link(d / "ckpt.pt", "/proc/self/status").parent),
+        "files under /proc and /sys"),
+    cli("config.json -> /proc/kmsg", lambda d: hf_file(d, CFG, symlink("/proc/kmsg")), "config.json"),
+    cli("safetensors -> /proc/self/maps", lambda d: hf_file(d, ST, symlink("/proc/self/maps")),
+        "files under /proc and /sys"),
+    # --- the API's promise: the sampling steps, the explorer and the figures raise NanogptEduError too
+    api("generate an id past the vocabulary", TINY_MODEL + "generate(m, torch.tensor([[99]]), 2)",
+        r"token id 99 is not in the model's vocabulary \(0 to 15\)"),
+    api("generate a negative id", TINY_MODEL + "generate(m, torch.tensor([[3, -1]]), 2)", "token id -1 is not in"),
+    api("generate an empty batch", TINY_MODEL + "generate(m, torch.zeros(0, 3, dtype=torch.long), 2)",
+        r"idx holds no sequences \(batch size 0\)"),
+    api("generate an empty batch uncached", TINY_MODEL + "generate(m, torch.zeros(0, 3, dtype=torch.long), 2, "
+        "use_cache=False)", "idx holds no sequences"),
+    api("generate a stop token of text", TINY_MODEL + "generate(m, torch.tensor([[1]]), 2, stop_token='.')",
+        "stop_token must be a token id from 0 to 15 or None, got '.'"),
+    api("generate a stop token past the vocabulary", TINY_MODEL + "generate(m, torch.tensor([[1]]), 2, stop_token=16)",
+        "stop_token must be a token id"),
+    api("generate a generator of the wrong type", TINY_MODEL + "generate(m, torch.tensor([[1]]), 2, generator=5)",
+        "generator must be a torch.Generator or None, got 5"),
+    api("generate with a config of strings", TINY_MODEL + "m.config.vocab_size = '16'\n"
+        "generate(m, torch.tensor([[1]]), 2)", "model must be a GPT"),
+    api("generate with a list for a model", TINY_MODEL + "generate([], torch.tensor([[1]]), 2)", "model must be a GPT"),
+    api("sample_next_token a row of -inf", TINY_MODEL + "sample_next_token(torch.tensor([[0.0, 1.0], [-inf, -inf]]))",
+        "a row of logits is -inf everywhere"),
+    api("sample_next_token -inf after top-k", TINY_MODEL + "sample_next_token(torch.full((1, 4), -inf), top_k=2)",
+        "a row of logits is -inf everywhere"),
+    api("sample_next_token a generator of text", TINY_MODEL + "sample_next_token(torch.zeros(1, 4), generator='g')",
+        "generator must be a torch.Generator"),
+    api("sample_next_token an empty batch", TINY_MODEL + "sample_next_token(torch.zeros(0, 4))", "logits must have shape"),
+    api("sample_next_token of a list", TINY_MODEL + "sample_next_token([[1.0, 2.0]])", "logits must be a floating"),
+    api("top_k_mask of a string", TINY_MODEL + "top_k_mask('abc', 2)", "logits must be a floating-point tensor"),
+    api("apply_temperature 0", TINY_MODEL + "apply_temperature(torch.zeros(4), 0)", "temperature 0 means greedy"),
+    api("top_k a 5000-digit number", TINY_MODEL + "top_k_mask(torch.zeros(4), -10**5000)",
+        r"top_k must be a whole number .*got <int>"),
+    api("stream_text of a string", TINY_MODEL + "list(stream_text(m, 'hi', 2))", "idx must be a 2-D integer tensor"),
+    api("plot of a string", "from nanogpt_edu.plots import plot_next_token_probs; plot_next_token_probs('x')",
+        r"plot_next_token_probs cannot draw this input \(AttributeError"),
+    api("plot ids past the vocabulary", "import torch; from nanogpt_edu.plots import plot_next_token_probs\n"
+        "plot_next_token_probs(torch.arange(60000.0))", "token id 59999 is not in the vocabulary"),
+    api("plot_attention of a list", "from nanogpt_edu.plots import plot_attention; plot_attention([1], ['a'], 't')",
+        "plot_attention cannot draw this input"),
+    api("explorer of no model", "from nanogpt_edu.explorer import next_token_logits; next_token_logits(None, 'hi')",
+        "model must be a GPT"),
+    api("explorer distribution of a string", "from nanogpt_edu.explorer import filtered_distribution\n"
+        "filtered_distribution('x', 1.0)", "logits must be a floating-point tensor"),
+    api("explorer_document of no rows", "from nanogpt_edu.explorer import explorer_document; explorer_document([])",
+        "explorer_document takes a list of NextTokenLogits"),
+    # --- terminal escapes in what a crafted file or flag names: shown escaped (every case is checked for them)
+    cli("meta a class name that clears the screen", lambda d: meta(d, b"\x80\x02c" + ESC + b"\nx" + ESC + b"\n)R."),
+        r"\\x1b\[2J"),
+    cli("ckpt a weight named with escapes", lambda d: ckpt_weight(d, "h.\x1b[1A\x1b[2K\r\x9b1A\u202e", torch.zeros(1)),
+        r"\\x1b\[1A\\x1b\[2K\\r\\x9b1A\\u202e"),
+    cli("prompt file named with escapes", lambda d: ["--start=FILE:" + str(d / "\x1b]0;owned\x07\x08")],
+        r"\\x1b\]0;owned\\x07\\x08"),
+    cli("folder named with escapes", lambda d: ["--init_from=" + str(d / "\x1b[31mred\x1b[0m") + "/"],
+        r"\\x1b\[31mred"),
+    cli("config.json key with escapes", lambda d: hf(d, model_type="gpt2\x1b[2J\x00"), r"\\x1b\[2J"),
 ]
 
 
@@ -594,6 +693,7 @@ def test_hostile_input_gets_one_line(case, outcomes):
     assert outcome.status == 2, (outcome.status, outcome.stderr[-3000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), outcome.stderr[-3000:]
     assert re.search(case.expect, lines[0]), lines[0]
+    assert not TERMINAL_CONTROLS.search(outcome.stderr), outcome.stderr  # only the final newline
     assert not outcome.canary, "code from the input ran"
     assert outcome.seconds < TIME_LIMIT
     limit = SIZE_GROWTH_LIMIT if case.size else GROWTH_LIMIT
@@ -658,6 +758,8 @@ def fresh(tmp_path_factory) -> dict[str, Finished]:
         "tiktoken cache unwritable": (SHORT, {"TIKTOKEN_CACHE_DIR": str(blocker / "cache")}),
         "full disk": (SHORT, {}, {"stdout": full}),
         "stdout closed": (SHORT, {}, {"close_stdout": True}),
+        "OMP_NUM_THREADS a word": (SHORT, {"OMP_NUM_THREADS": "many"}),
+        "compile without a C++ compiler": (["--compile=True", *SHORT], {"CXX": "/nonexistent/g++"}),
     }
 
     def finish(run) -> Finished:
@@ -877,8 +979,11 @@ def _fuzz_checkpoint(folder: Path, rng, valid: bytes) -> str:
     else:
         key = rng.choice(list(checkpoint["model"]))
         tensor = checkpoint["model"][key]
-        choice = rng.choice(["nan", "inf", "dtype", "shape", "value", "drop"])
+        choice = rng.choice(["nan", "inf", "dtype", "shape", "value", "drop", "nested", "own head"])
+        if choice == "own head":  # a head of its own beside the tied embedding
+            key, tensor = "lm_head.weight", checkpoint["model"]["transformer.wte.weight"]
         changed = {"nan": lambda: tensor.clone().fill_(float("nan")),
+                   "nested": lambda: nested([tensor.clone()]), "own head": lambda: tensor.clone() * 2,
                    "inf": lambda: tensor.clone().fill_(-float("inf")),
                    "dtype": lambda: tensor.to(rng.choice([torch.int64, torch.bool, torch.float16, torch.float64,
                                                           torch.complex64])),
@@ -916,6 +1021,10 @@ def _fuzz_safetensors(folder: Path, rng, valid: bytes) -> str:
     else:
         header = json.loads(valid[8:header_end])
         key = rng.choice([k for k in header if k != "__metadata__"])
+        if rng.random() < 0.15:  # the same bytes named once more as lm_head.weight: the tied head, or another
+            key = rng.choice(["transformer.wte.weight", "transformer.wpe.weight", key])
+            header["lm_head.weight"] = dict(header[key])
+            key = "lm_head.weight"
         field = rng.choice(["dtype", "shape", "data_offsets"])
         entry = header[key]
         if field == "dtype":
@@ -971,8 +1080,8 @@ def fuzz(target: str, folder: str, seed: int, rounds: int) -> dict:
             tally["loaded"] += 1
         except NanogptEduError as e:
             tally["refused"] += 1
-            if "\n" in str(e):
-                failures.append(f"round {round_} ({what}): a message of several lines: {str(e)!r}")
+            if "\n" in str(e) or TERMINAL_CONTROLS.search(str(e)):
+                failures.append(f"round {round_} ({what}): a message of several lines or raw controls: {str(e)!r}")
         except BaseException as e:  # noqa: B902  (exactly what must not happen)
             failures.append(f"round {round_} ({what}): {type(e).__name__}: {e} | "
                             f"{traceback.format_exc().strip().splitlines()[-3]}")
@@ -1036,3 +1145,289 @@ def test_a_containers_memory_limit_counts_and_its_file_cache_does_not(tmp_path, 
     names = ("memory.max", "memory.current", "file") if v2 else \
         ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
     assert _room(tmp_path, *names) == room
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files the package writes: only into folders the user chose, created exclusively, renamed into place
+
+
+def test_tiktokens_shared_default_cache_is_never_written(tmp_path):
+    # /tmp/data-gym-cache is everyone's: a link planted there by another user must not be followed, and nothing
+    # of ours appears there, yet tiktoken.get_encoding("gpt2") works offline
+    shared = tmp_path / "data-gym-cache"
+    shared.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    for url, _ in __import__("nanogpt_edu").tokenizer.GPT2_FILES.values():
+        name = __import__("hashlib").sha1(url.encode()).hexdigest()
+        (shared / name).symlink_to(victim)
+        for pid in range(1, 400):  # the names a guessable temporary file would have
+            (shared / f"{name}.{pid}.tmp").symlink_to(victim)
+    env = {k: v for k, v in os.environ.items() if k not in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")}
+    code = NO_NETWORK_PRELUDE + "import nanogpt_edu, tiktoken; print(tiktoken.get_encoding('gpt2').encode('Hello'))"
+    result = subprocess.run([sys.executable, "-c", code], env={**env, "TMPDIR": str(tmp_path)}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[15496]", result.stderr
+    assert victim.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data-gym-cache", "victim"]
+    assert all(p.is_symlink() for p in shared.iterdir())
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo", "huge", "directory"])
+def test_a_chosen_tiktoken_cache_with_planted_files(plant, tmp_path, monkeypatch):
+    import hashlib
+
+    from nanogpt_edu.tokenizer import GPT2_FILES, bpe_file, install_tiktoken_cache
+
+    cache, victim = tmp_path / "cache", tmp_path / "victim"
+    cache.mkdir()
+    victim.write_text("mine")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    targets = {}
+    for filename, (url, _) in GPT2_FILES.items():
+        target = targets[filename] = cache / hashlib.sha1(url.encode()).hexdigest()
+        for pid in range(os.getpid() - 5, os.getpid() + 5):
+            target.with_name(f"{target.name}.{pid}.tmp").symlink_to(victim)
+        {"symlink": lambda: target.symlink_to(victim), "fifo": lambda: os.mkfifo(target),
+         "huge": lambda: sparse(target, 1 << 40), "directory": lambda: target.mkdir()}[plant]()
+    started = time.monotonic()
+    done = install_tiktoken_cache()
+    assert time.monotonic() - started < 5  # a FIFO is not waited on, a huge file not read
+    assert victim.read_text() == "mine"
+    for filename, target in targets.items():
+        if plant == "directory":  # cannot be replaced by a file: left alone, and tiktoken still works
+            assert not done and target.is_dir()
+        else:
+            assert done and not target.is_symlink() and target.read_bytes() == bpe_file(filename).read_bytes()
+            assert target.stat().st_mode & 0o022 == 0
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert __import__("tiktoken").get_encoding("gpt2").encode("Hello") == [15496]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Native code: the kernel's library is loaded only from this user's private folder, and only as it was built
+
+PLANTED_C = r"""
+#include <fcntl.h>
+__attribute__((constructor)) static void planted(void) { creat("%s", 0600); }
+void linear(void) {}
+void attend(void) {}
+"""
+
+
+@pytest.fixture
+def kernel_home(monkeypatch, tmp_path):
+    """The kernel module with nothing loaded, a cache under ``tmp_path/home``, and a compiler (else skipped)."""
+    import nanogpt_edu.fast.kernel as kernel
+
+    if kernel._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setattr(kernel, "_kernel", None)
+    monkeypatch.setattr(kernel, "_tried", False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NANOGPT_EDU_KERNEL", raising=False)
+    (tmp_path / "home").mkdir(mode=0o700)
+    return kernel
+
+
+def plant_library(kernel, path: Path, canary: Path) -> bytes:
+    """Compile a library whose start-up code creates ``canary`` into ``path``; return its bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = path.parent.parent / "planted.c"
+    source.write_text(PLANTED_C % canary)
+    subprocess.run([kernel._compiler(), "-shared", "-fPIC", str(source), "-o", str(path)], check=True)
+    return path.read_bytes()
+
+
+def kernel_works(kernel) -> bool:
+    x, w = torch.randn(2, 8), torch.randn(4, 8)
+    return kernel.load_kernel() is not None and torch.allclose(kernel.linear(x, w, None), x @ w.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["no digest", "its own digest, writable by others", "a digest that is a link"])
+def test_a_planted_kernel_library_never_runs(how, kernel_home, tmp_path):
+    import hashlib
+
+    kernel, canary = kernel_home, tmp_path / CANARY
+    path = kernel._cache_path()
+    planted = plant_library(kernel, path, canary)
+    digest = kernel._digest_file(path)
+    if how == "its own digest, writable by others":
+        digest.write_text(hashlib.sha256(planted).hexdigest())
+        path.chmod(0o666)
+    elif how == "a digest that is a link":
+        (tmp_path / "d").write_text(hashlib.sha256(planted).hexdigest())
+        digest.symlink_to(tmp_path / "d")
+    assert kernel_works(kernel)  # rebuilt from kernel.c, then loaded
+    assert not canary.exists() and path.read_bytes() != planted
+
+
+@pytest.mark.parametrize("where", ["the cache folder", "the folder above it"])
+def test_a_kernel_folder_others_can_write_is_not_used(where, kernel_home, tmp_path, capsys):
+    import hashlib
+
+    kernel, canary = kernel_home, tmp_path / CANARY
+    path = kernel._cache_path()
+    planted = plant_library(kernel, path, canary)
+    kernel._digest_file(path).write_text(hashlib.sha256(planted).hexdigest())  # as if it had been built there
+    (path.parent if where == "the cache folder" else path.parent.parent).chmod(0o777)
+    assert kernel.load_kernel() is None and not canary.exists()
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and re.match(r"note: decode kernel not used: .* is writable by other users", err)
+    assert kernel.build_kernel().startswith("decode kernel: not built (")
+
+
+def test_a_relative_xdg_cache_home_is_ignored(kernel_home, tmp_path, monkeypatch):
+    kernel, canary = kernel_home, tmp_path / CANARY
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = kernel._cache_path()
+    assert path.is_relative_to(tmp_path / "home" / ".cache")  # XDG: a relative path is ignored
+    plant_library(kernel, tmp_path / "cache" / "nanogpt-edu" / path.name, canary)
+    assert kernel_works(kernel) and not canary.exists()
+
+
+def test_under_umask_000_the_kernel_is_private(kernel_home, tmp_path):
+    kernel = kernel_home
+    old = os.umask(0)
+    try:
+        assert kernel_works(kernel)
+    finally:
+        os.umask(old)
+    path = kernel._cache_path()
+    for f in (path.parent, path, kernel._digest_file(path)):
+        assert f.stat().st_mode & 0o077 == 0, (f, oct(f.stat().st_mode))
+
+
+def test_a_compiler_that_hangs_is_stopped_with_a_note(kernel_home, tmp_path, monkeypatch, capsys):
+    kernel = kernel_home
+    hangs = tmp_path / "cc"
+    hangs.write_text("#!/bin/sh\nsleep 300 &\nsleep 300\n")  # and a child that holds the output open
+    hangs.chmod(0o755)
+    monkeypatch.setenv("CC", str(hangs))
+    monkeypatch.setattr(kernel, "BUILD_SECONDS", 2)
+    started = time.monotonic()
+    assert kernel.load_kernel() is None
+    assert time.monotonic() - started < 10
+    assert capsys.readouterr().err == ("note: decode kernel not built (cc did not finish in 2 s); generation uses "
+                                       "PyTorch's own operations\n")
+    assert kernel._failure_note(kernel._cache_path()).exists()  # later processes do not wait again
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real tokens that break figures: GPT-2's "$$", " $$", "#$#$", "$$$$" and "$" are drawn as text, never as math
+
+DOLLAR_TOKENS = [13702, 32382, 34206, 36737, 3]  # '$$', ' $$', '#$#$', '$$$$', '$'
+
+
+def every_figure(logits: torch.Tensor) -> dict:
+    from nanogpt_edu import plots
+
+    probs = torch.softmax(logits, dim=-1)
+    labels = ["'$$'", "' $$'", "'#$#$'", "'$x$'"]
+    return {
+        "plot_next_token_probs": lambda: plots.plot_next_token_probs(probs, title="after 'it costs $5 or $$6$$'"),
+        "plot_top_k_mask": lambda: plots.plot_top_k_mask(logits, 3, score_label="$logit$ / $T$"),
+        "plot_temperature_grid": lambda: plots.plot_temperature_grid(logits),
+        "plot_filter_comparison": lambda: plots.plot_filter_comparison(logits),
+        "plot_time_per_token": lambda: plots.plot_time_per_token([1, 2], {"$$a$$": [0.1, 0.2]}, title="$t$ $x$"),
+        "plot_attention": lambda: plots.plot_attention(torch.full((2, 4, 4), 0.25).tril(), labels, "$$ $$"),
+        "plot_gelu": plots.plot_gelu,
+        "plot_logit_lens": lambda: plots.plot_logit_lens(["h.0", "h.1"], ["'$$'", "'$$$$'"], [0.2, 0.5], "$a$b$"),
+        "plot_draws_vs_probs": lambda: plots.plot_draws_vs_probs(probs, torch.tensor(DOLLAR_TOKENS * 20)),
+        "plot_kept_per_step": lambda: plots.plot_kept_per_step([3, 40, 7], 5, 0.9),
+    }
+
+
+def test_every_figure_draws_dollar_tokens_as_text():
+    import io
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from nanogpt_edu import plots
+
+    matplotlib.use("Agg")
+    logits = torch.full((50257,), -5.0)
+    logits[DOLLAR_TOKENS] = torch.tensor([5.0, 4.5, 4.0, 3.5, 3.0])  # the five are the likeliest
+    figures = every_figure(logits)
+    public = {name for name in dir(plots) if name.startswith("plot_")}
+    assert public == set(figures), "a new figure function: add it here"
+    for name, make in figures.items():
+        fig = make()
+        fig.savefig(io.BytesIO(), format="png")  # raises inside the math-text parser if any text is read as math
+        shown = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+        assert all(not t.get_parse_math() for t in fig.findobj(matplotlib.text.Text)), name
+        if name in ("plot_next_token_probs", "plot_top_k_mask", "plot_temperature_grid", "plot_filter_comparison"):
+            assert {"'$$'", "' $$'", "'#$#$'", "'$$$$'", "'$'"} <= set(shown), (name, shown)
+        plt.close(fig)
+    assert matplotlib.rcParams["text.parse_math"]  # the user's own figures are left as they were
+
+
+def test_the_explorers_title_is_plain_text():
+    from bokeh.models import PlainText
+
+    from nanogpt_edu.explorer import NextTokenLogits, explorer_document
+
+    row = NextTokenLogits("it costs $$5$$ or \\(6\\)", torch.arange(10.0).flip(0).numpy(), list(range(3)),
+                          ["'$$'", "' $$'", "'$$$$'"])
+    fig = explorer_document([row]).select_one({"name": "bars"})
+    assert isinstance(fig.title.text, PlainText) and "$$5$$" in fig.title.text.text
+
+
+def test_a_head_saved_equal_to_wte_still_loads(tmp_path):
+    # save_pretrained leaves the tied head out, but some tools write it: equal to wte, it is the same model
+    from safetensors.torch import load_file, save_file
+
+    from nanogpt_edu.porting import load_hf_folder, port_hf_state_dict
+
+    write_hf(tmp_path)
+    tensors = load_file(tmp_path / ST)
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"].clone()
+    save_file(tensors, tmp_path / ST, metadata={"format": "pt"})
+    model = load_hf_folder(tmp_path)
+    assert torch.equal(model.lm_head.weight, tensors["transformer.wte.weight"])
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] * -1
+    with pytest.raises(__import__("nanogpt_edu").NanogptEduError, match="the Hugging Face state dict: 'lm_head"):
+        port_hf_state_dict(tensors, model.config)
+
+
+def test_the_kernel_takes_only_plain_fp32_memory():
+    # lazy views keep their bytes as they were (the negation bit), a zero tensor has none: PyTorch does these
+    import nanogpt_edu.fast.kernel as kernel
+    from nanogpt_edu.fast.decode import KernelDecodeOps, TorchDecodeOps
+
+    class Marked(torch.Tensor):
+        pass
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    odd = {"negation bit": torch._neg_view(x), "zero tensor": torch._efficientzerotensor(2, 8),
+           "a subclass": x.as_subclass(Marked)}
+    for name, t in odd.items():
+        assert not kernel.can_use(t), name
+        with torch.no_grad():
+            expected = TorchDecodeOps.linear(t.clone() if name != "zero tensor" else torch.zeros(2, 8), layer)
+            assert torch.allclose(KernelDecodeOps.linear(t, layer), expected, atol=1e-6), name
+        if kernel.load_kernel() is not None:
+            with pytest.raises(ValueError, match="must be a plain contiguous"):
+                kernel.linear(t, layer.weight.detach(), None)
+    assert kernel.can_use(x, layer.weight, torch.nn.Parameter(x))
+
+
+def test_a_malformed_omp_num_threads_is_one_line(fresh):
+    assert_one_error_line(fresh["OMP_NUM_THREADS a word"], r"^error: the environment's OMP_NUM_THREADS='many' is not")
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(fresh):
+    result = fresh["compile without a C++ compiler"]
+    assert_one_error_line(Finished(result.returncode, result.stdout, result.stderr, 0),
+                          r"^error: compile=True needs a working C\+\+ compiler on a CPU, and none was found")
+
+
+def test_with_stderr_closed_errors_stay_out_of_the_samples():
+    result = subprocess.run([sys.executable, "-c", CLI, "--seed=x"], capture_output=False, stdout=subprocess.PIPE,
+                            preexec_fn=lambda: os.close(2), timeout=60)
+    assert result.returncode == 2 and b"error" not in result.stdout and b"Traceback" not in result.stdout

@@ -26,6 +26,8 @@ import hashlib
 import os
 import platform
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -34,11 +36,16 @@ from pathlib import Path
 
 import torch
 
+from ..errors import one_line
+
 # -march=native: the library is built for, and cached per, the CPU it runs on (see _cache_path)
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 # linear's `mode` for its `gelu` argument (GELU's `approximate`, as in F.gelu), and for adding into `add_to`
 GELU_MODES = {None: 0, "none": 1, "tanh": 2}
 ADD = 3
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # tensor types whose data_ptr() is where their values are
+BUILD_SECONDS = 60  # the compiler's time limit: a build takes about a second; a CC that hangs must not stall us
 
 _kernel = None  # the loaded library, once load_kernel has succeeded
 _tried = False  # load_kernel gives up for the rest of the process after one failure
@@ -52,27 +59,45 @@ def kernel_enabled() -> bool:
 def load_kernel(build: bool = True) -> ctypes.CDLL | None:
     """Return the compiled library, building it first if needed and ``build`` is True; else ``None``.
 
-    ``None`` means no kernel in this process: it is turned off, there is no C compiler, or the build failed.
-    A failed build is remembered in the cache folder, so later processes do not try again (``build_kernel``
-    does, when asked).
+    ``None`` means no kernel in this process: it is turned off, there is no C compiler, the build failed, or the
+    cache folder is not one only this user can write (then one line on stderr says so). A library is loaded only
+    from a folder and a file owned by this user and writable by no one else, and only if its bytes match the
+    digest written when it was built; a file that does not is rebuilt. A failed build is remembered in the cache
+    folder, so later processes do not try again (``build_kernel`` does, when asked).
     """
     global _kernel, _tried
     if _kernel is not None or _tried or not kernel_enabled():
         return _kernel
     path = _cache_path()
-    if not path.exists():
+    problem = _untrusted_folder(path.parent)
+    if problem is not None:
+        _tried = True
+        _note(f"decode kernel not used: {problem}; generation uses PyTorch's own operations")
+        return None
+    fd = _open_verified(path)
+    if fd is None:
         if not build:
             return None
         _tried = True  # from here on, one attempt per process
-        if _failure_note(path).exists() or _compile(path) is not None:
+        if _failure_note(path).exists():
+            return None
+        error = _compile(path)
+        if error is not None:
+            if "did not finish" in error:
+                _note(f"decode kernel not built ({error}); generation uses PyTorch's own operations")
+            return None
+        fd = _open_verified(path)
+        if fd is None:
             return None
     _tried = True
     try:
-        library = ctypes.CDLL(str(path))
+        # through the descriptor whose bytes were just checked, so the file cannot be swapped before it is loaded
+        library = ctypes.CDLL(f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else str(path))
         linear_function, attend_function = library.linear, library.attend
     except (OSError, AttributeError):
-        path.unlink(missing_ok=True)  # a damaged file from an interrupted build: rebuilt next process
         return None
+    finally:
+        os.close(fd)
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     # the C signatures: ctypes converts and checks each argument against these
     linear_function.argtypes = [pointer] * 4 + [size] * 3 + [ctypes.c_int, pointer, pointer, ctypes.c_float, pointer]
@@ -90,7 +115,12 @@ def build_kernel() -> str:
     if not kernel_enabled():
         return "decode kernel: turned off by NANOGPT_EDU_KERNEL"
     path = _cache_path()
-    if path.exists() and load_kernel(build=False) is not None:
+    problem = _untrusted_folder(path.parent)
+    if problem is not None:
+        return f"decode kernel: not built ({problem}); PyTorch's own operations will be used"
+    fd = _open_verified(path)
+    if fd is not None:
+        os.close(fd)
         return f"decode kernel: already built ({path})"
     _failure_note(path).unlink(missing_ok=True)  # asked explicitly: try again
     error = _compile(path)
@@ -100,10 +130,20 @@ def build_kernel() -> str:
 
 
 def can_use(*tensors: torch.Tensor | None) -> bool:
-    """Return True if the kernel can read every one of ``tensors`` (None allowed): contiguous fp32 on the CPU."""
-    # a plain loop, and is_cpu rather than device.type: this runs for every tensor of every decode step
+    """Return True if the kernel can read every one of ``tensors`` (None allowed): plain contiguous fp32 memory on
+    the CPU.
+
+    Plain means the values are the bytes at ``data_ptr()``: a ``Tensor`` or ``Parameter`` (no subclass), strided
+    and not nested, without the negation bit (a lazy view whose bytes hold the values before the sign change) and
+    not a zero tensor (which has no memory at all). A float32 tensor never carries the conjugate bit. Everything
+    else goes to PyTorch.
+    """
+    # a plain loop, is_cpu rather than device.type, the cheapest tests first: this runs for every tensor of every
+    # decode step
     for t in tensors:
-        if t is not None and not (t.dtype is torch.float32 and t.is_cpu and t.is_contiguous()):
+        if t is not None and not (type(t) in _PLAIN and t.dtype is torch.float32 and t.is_cpu
+                                  and t.layout is torch.strided and not t.is_nested and t.is_contiguous()
+                                  and not t.is_neg() and not t._is_zerotensor()):
             return False
     return True
 
@@ -181,9 +221,9 @@ def _check_tensors(function: str, tensors: dict, dims: dict, optional: tuple = (
             raise ValueError(f"kernel.{function}: {name} must be a tensor, got {type(t).__name__}")
         if not can_use(t) or t.dim() != dims.get(name, 1):
             layout = "contiguous" if t.is_contiguous() else "not contiguous"
-            raise ValueError(f"kernel.{function}: {name} must be a contiguous {dims.get(name, 1)}-D float32 tensor "
-                             f"on the CPU, got {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on "
-                             f"{t.device}, {layout}")
+            raise ValueError(f"kernel.{function}: {name} must be a plain contiguous {dims.get(name, 1)}-D float32 "
+                             f"tensor on the CPU, got {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} "
+                             f"{type(t).__name__} on {t.device}, {t.layout}, {layout}")
         if grad and t.requires_grad:
             raise ValueError(f"kernel.{function}: {name} requires grad, and the kernel computes no gradients; "
                              "call it under torch.no_grad()")
@@ -221,8 +261,13 @@ def _cache_path() -> Path:
     # so a library built for one CPU's instructions never runs on another
     identity = "\n".join([_source(), " ".join(CFLAGS), _compiler() or "", platform.machine(), _cpu_flags()])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nanogpt-edu"
-    return root / f"kernel-{digest}{'.dll' if sys.platform == 'win32' else '.so'}"
+    return _cache_root() / f"kernel-{digest}{'.dll' if sys.platform == 'win32' else '.so'}"
+
+
+def _cache_root() -> Path:
+    # XDG's rule: a relative XDG_CACHE_HOME is ignored (it would load a library from the current folder)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "nanogpt-edu"
 
 
 def _compiler() -> str | None:
@@ -243,15 +288,111 @@ def _failure_note(path: Path) -> Path:
     return path.with_name(path.name + ".failed")
 
 
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _note(line: str) -> None:
+    # the one line that says why generation runs without the kernel (stderr may be closed)
+    if sys.stderr is not None:
+        try:
+            print(one_line(f"note: {line}"), file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+
+
+def _mine(info: os.stat_result) -> bool:
+    # owned by this user and writable by no one else (on systems without owners, anything)
+    return not hasattr(os, "getuid") or (info.st_uid == os.getuid() and not info.st_mode & 0o022)
+
+
+def _untrusted_folder(folder: Path) -> str | None:
+    """Return why ``folder`` (made if missing, mode 0700) could hold a library someone else wrote, or None.
+
+    It and every folder above it must be owned by this user or root and writable by no one else, except folders
+    with the sticky bit (like /tmp), where no one can rename or remove what another user made.
+    """
+    if not hasattr(os, "getuid"):
+        return None
+    try:
+        _make_private(folder)
+        for f in (folder, *folder.parents):
+            info = os.lstat(f)
+            if stat.S_ISLNK(info.st_mode):
+                info = os.stat(f)  # a link to a folder: its target is what counts, and who owns the link's folder
+            if info.st_uid not in (os.getuid(), 0):
+                return f"{f} belongs to another user"
+            if info.st_mode & 0o022 and not (info.st_mode & stat.S_ISVTX and f != folder):
+                return f"{f} is writable by other users"
+    except OSError as error:
+        return f"cannot use {folder}: {error.strerror}"
+    return None
+
+
+def _make_private(folder: Path) -> None:
+    # mode 0700 whatever the umask; the folders above are made the same way when missing
+    if folder.is_dir():
+        return
+    if folder.parent != folder:
+        _make_private(folder.parent)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(folder, 0o700)
+
+
+def _open_verified(path: Path) -> int | None:
+    """Return a descriptor of the library at ``path`` if it is this user's, private, and matches its digest."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        expected = _read_private(_digest_file(path), 64 + 1).decode("ascii").strip()
+        fd = os.open(path, flags)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and _mine(info) and info.st_size < 64 << 20:
+            with open(fd, "rb", closefd=False) as f:
+                if hashlib.sha256(f.read()).hexdigest() == expected:
+                    return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _read_private(path: Path, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not (stat.S_ISREG(info.st_mode) and _mine(info)):
+            raise ValueError(f"{path} is not this user's own file")
+        return f.read(limit)
+
+
 def _compile(path: Path) -> str | None:
     """Compile ``kernel.c`` into ``path``; return None on success, else a short reason (also noted beside it)."""
     error = _try_compile(path)
     if error is not None:
         try:
-            _failure_note(path).write_text(error + "\n")
+            _write_private(_failure_note(path), (error + "\n").encode())
         except OSError:
             pass  # a folder we cannot write to: the next process tries again
     return error
+
+
+def _write_private(target: Path, data: bytes, mode: int = 0o600) -> None:
+    # a new file of our own (exclusive create, random name), renamed over the target: never follows a link there
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _try_compile(path: Path) -> str | None:
@@ -259,19 +400,41 @@ def _try_compile(path: Path) -> str | None:
     if compiler is None:
         return "no C compiler found (set CC to one)"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path.parent)
     except OSError as error:
         return f"cannot create {path.parent}: {error.strerror}"
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        source, library = Path(tmp) / "kernel.c", Path(tmp) / path.name
+        source, library, log = Path(tmp) / "kernel.c", Path(tmp) / path.name, Path(tmp) / "log"
         source.write_text(_source())
         try:
-            result = subprocess.run([compiler, *CFLAGS, str(source), "-o", str(library), "-lm"],
-                                    capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as error:
+            with open(log, "w") as output:
+                # its own session, so that a compiler that hangs is stopped with everything it started
+                process = subprocess.Popen([compiler, *CFLAGS, str(source), "-o", str(library), "-lm"],
+                                           stdin=subprocess.DEVNULL, stdout=output, stderr=output,
+                                           start_new_session=True)
+            try:
+                returncode = process.wait(timeout=BUILD_SECONDS)
+            except subprocess.TimeoutExpired:
+                _stop(process)
+                return f"{Path(compiler).name} did not finish in {BUILD_SECONDS} s"
+        except OSError as error:
             return f"{Path(compiler).name} failed to run: {error}"
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        if returncode != 0:
+            last = (log.read_text(errors="replace").strip().splitlines() or ["no message"])[-1]
             return f"{Path(compiler).name} failed: {last}"
-        os.replace(library, path)  # atomic: another process never sees half a library
+        try:
+            data = library.read_bytes()
+            os.chmod(library, 0o700)  # the compiler's mode follows the umask, which may be 000
+            _write_private(_digest_file(path), hashlib.sha256(data).hexdigest().encode() + b"\n")
+            os.replace(library, path)  # atomic: another process never sees half a library
+        except OSError as error:
+            return f"cannot store the library in {path.parent}: {error.strerror}"
     return None
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (OSError, AttributeError):
+        process.kill()
+    process.wait()
