@@ -15,9 +15,13 @@ exceptions tell IPython how to display themselves (``_render_traceback_``).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import CodeType
 from typing import Any
 
 
@@ -86,6 +90,52 @@ def call_answer(function: Callable, *args: Any, **kwargs: Any) -> Any:
                              for a in args), *(f"{k}={v!r}" for k, v in kwargs.items())])
         name = getattr(function, "__name__", "your function")
         raise NotRightYet(f"{name}({shown}) raised {type(error).__name__}: {error}") from None
+
+
+def _code_of(function: Callable) -> CodeType:
+    """The code object a call of ``function`` runs, through methods, ``functools.wraps`` wrappers and partials."""
+    while True:
+        if isinstance(function, functools.partial):
+            function = function.func
+        elif inspect.ismethod(function):
+            function = function.__func__
+        elif getattr(function, "__wrapped__", None) is not None:
+            function = inspect.unwrap(function)
+        else:
+            break
+    code = getattr(function, "__code__", None)
+    if not isinstance(code, CodeType):
+        raise TypeError(f"forbid() watches Python functions; {function!r} has no code to watch")
+    return code
+
+
+@contextmanager
+def forbid(*functions: Callable, hint: str) -> Iterator[None]:
+    """Raise ``NotRightYet(hint)`` if the code run inside the ``with`` block calls any of ``functions``.
+
+    A check wraps the call of the learner's function in it when the exercise asks them to write what one of the
+    library's functions does: handing the work to that function must not pass. Calls are recognised by the code
+    they run, never by names, so an alias (``from nanogpt_edu.sampling import generate as g``), ``getattr``, a
+    bound method, ``functools.partial``, a lambda or a helper of the learner's own that calls it are all seen.
+    (Only this thread is watched, and only Python code: enough for a notebook's answers.)
+    """
+    watched = {_code_of(function) for function in functions}
+    called: list[str] = []
+    previous = sys.getprofile()
+
+    def watch(frame, event, arg):
+        if event == "call" and frame.f_code in watched:
+            called.append(frame.f_code.co_name)
+        if previous is not None:  # a profiler that was already running keeps seeing everything
+            previous(frame, event, arg)
+
+    sys.setprofile(watch)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+        if called:  # the more useful message, even if the answer also failed in another way
+            raise NotRightYet(hint) from None
 
 
 def buggy_port(hf_state_dict: dict, config) -> "GPT":
