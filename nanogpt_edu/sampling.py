@@ -150,6 +150,7 @@ def generate_steps(
     stop_token: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    engine: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the new token of every row, a (B, 1) LongTensor, one step at a time (see ``generate``)."""
     idx = _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, stop_token, generator)
@@ -159,7 +160,7 @@ def generate_steps(
     capacity = min(block_size, idx.size(1) + max(max_new_tokens, 1))
     cache = model.new_cache(idx.size(0), capacity) if use_cache else None
     # the engine's flat one-token step where it computes what the modules would (None: run model's forward)
-    decode_step = fast.decode_step_for(model, cache) if use_cache else None
+    decode_step = fast.decode_step_for(model, cache) if use_cache and engine else None
     for _ in range(max_new_tokens):
         if cache is None:
             # nanoGPT's way: the model has only block_size position embeddings, so past that it sees the most
@@ -197,6 +198,7 @@ def generate(
     stop_token: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    engine: bool = True,
 ) -> torch.Tensor:
     """Return ``idx`` (B, T) followed by up to ``max_new_tokens`` sampled tokens: (B, T + max_new_tokens).
 
@@ -204,13 +206,16 @@ def generate(
     ``use_cache=False`` runs nanoGPT's loop literally, re-running the whole (cropped) context every step; the
     default keeps each layer's keys and values in a ``KVCache`` so each step runs only the new token, and falls
     back to recomputing the window once the context passes ``block_size``, so the tokens stay the same.
+    ``engine=False`` runs every cached step through the model's own modules instead of the engine's faster
+    one-token step (``nanogpt_edu.fast``): the lesson's model with its cache, the same tokens, slower.
     Beyond nanoGPT: ``temperature=0`` is greedy; ``top_p``/``min_p`` masks; an empty prompt (T = 0) starts from
     ``<|endoftext|>``; with ``stop_token`` a row that samples it is padded with it from then on, and generation
     stops early once every row has.
     """
     idx = start_from_eot_if_empty(idx)
     steps = list(generate_steps(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                min_p=min_p, stop_token=stop_token, generator=generator, use_cache=use_cache))
+                                min_p=min_p, stop_token=stop_token, generator=generator, use_cache=use_cache,
+                                engine=engine))
     return torch.cat([idx, *steps], dim=1)
 
 

@@ -244,6 +244,21 @@ def test_generate_uses_decode_step_for_one_token_steps(monkeypatch):
     assert len(steps) == 5  # nanoGPT's loop never uses it
 
 
+def test_engine_off_runs_every_cached_step_through_the_modules(monkeypatch):
+    model = tiny_model()
+    x = torch.randint(0, 101, (2, 3), generator=torch.Generator().manual_seed(3))
+    with_engine = generate(model, x, 6, temperature=0)
+    monkeypatch.setattr(decode_module, "decode_step", lambda *a, **k: pytest.fail("decode_step used"))
+    widths = []  # positions per forward pass, seen by the modules
+    model.transformer.wte.forward = lambda idx, embed=model.transformer.wte.forward: widths.append(idx.size(1)) \
+        or embed(idx)  # an attribute, not a hook: hooks would switch the engine off by themselves
+    assert can_decode_flat(model)
+    lesson = generate(model, x, 6, temperature=0, engine=False)
+    assert widths == [3, 1, 1, 1, 1, 1]  # the prompt once, then one token per step, all through forward
+    assert torch.equal(lesson, with_engine)
+    assert torch.equal(lesson, generate(model, x, 6, temperature=0, use_cache=False))
+
+
 @torch.no_grad()
 def test_cache_capacity_is_what_generate_needs():
     model = tiny_model()
