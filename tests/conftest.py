@@ -36,16 +36,3 @@ def scratch_dir() -> str:
     """A temporary folder shared by the whole test session."""
     return _scratch
 
-
-# `make test` spreads tests over the cores (pytest-xdist, --dist loadgroup). A file's tests stay together in one
-# worker, so its module fixtures are built once and a notebook's nbval cells run in order in one kernel, except in
-# the files below, whose tests each run a whole notebook on their own and are the longest of the suite: those are
-# spread one test at a time.
-SPREAD_ONE_BY_ONE = {"test_exercises.py", "test_jupyterlab_browser.py"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name not in SPREAD_ONE_BY_ONE:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
