@@ -254,3 +254,37 @@ def continue_text(text, how_many, seed_value):
 """,
     },
 }
+ANSWERS |= {
+    ("08_after_nanogpt", 1): {
+        "wrong": """
+def gather_top_k(logits, k, temperature, generator):  # nanoGPT's mask: a tie keeps more than k
+    masked = top_k_mask(logits / temperature, k)
+    return torch.multinomial(F.softmax(masked, dim=-1), 1, generator=generator)
+""",
+        "other_names": """
+def gather_top_k(scores, how_many, temp, rng):
+    best, where = scores.topk(how_many, dim=1)
+    weights = (best / temp).softmax(dim=1)
+    pick = weights.multinomial(num_samples=1, generator=rng)
+    return torch.take_along_dim(where, pick, dim=1)
+""",
+    },
+    ("08_after_nanogpt", 2): {
+        "wrong": """
+def accept_drafts(p, q, drafts, generator):  # after a rejection, draws from p instead of the leftover
+    for i, d in enumerate(drafts.tolist()):
+        if torch.rand(1, generator=generator).item() >= (p[i, d] / q[i, d]).item():
+            return i, int(torch.multinomial(p[i], 1, generator=generator))
+    return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=generator))
+""",
+        "other_names": """
+def accept_drafts(target, draft, proposed, rng):
+    k = proposed.numel()
+    idx = torch.arange(k)
+    keep = torch.rand(k, generator=rng) < (target[idx, proposed] / draft[idx, proposed]).clamp(max=1)
+    n = k if bool(keep.all()) else int((~keep).int().argmax())
+    rest = target[n] if n == k else torch.relu(target[n] - draft[n])
+    return torch.tensor(n), rest.multinomial(1, generator=rng)[0]
+""",
+    },
+}
