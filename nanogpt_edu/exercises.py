@@ -92,8 +92,8 @@ def call_answer(function: Callable, *args: Any, **kwargs: Any) -> Any:
         raise NotRightYet(f"{name}({shown}) raised {type(error).__name__}: {error}") from None
 
 
-def _code_of(function: Callable) -> CodeType:
-    """The code object a call of ``function`` runs, through methods, ``functools.wraps`` wrappers and partials."""
+def _unwrapped(function: Callable) -> Callable:
+    """``function`` itself, through bound methods, ``functools.wraps`` wrappers and partials."""
     while True:
         if isinstance(function, functools.partial):
             function = function.func
@@ -102,11 +102,17 @@ def _code_of(function: Callable) -> CodeType:
         elif getattr(function, "__wrapped__", None) is not None:
             function = inspect.unwrap(function)
         else:
-            break
-    code = getattr(function, "__code__", None)
-    if not isinstance(code, CodeType):
-        raise TypeError(f"forbid() watches Python functions; {function!r} has no code to watch")
-    return code
+            return function
+
+
+def _calls_c_function(called: Any, function: Callable) -> bool:
+    """True if the C function ``called`` (a profiler's c_call argument) is ``function``: the same builtin, or for a
+    method of a C type (``torch.Tensor.topk``) the same method bound to an instance of that type."""
+    if called is function:
+        return True
+    owner = getattr(function, "__objclass__", None)
+    return (owner is not None and getattr(called, "__name__", None) == function.__name__
+            and isinstance(getattr(called, "__self__", None), owner))
 
 
 @contextmanager
@@ -117,15 +123,26 @@ def forbid(*functions: Callable, hint: str) -> Iterator[None]:
     library's functions does: handing the work to that function must not pass. Calls are recognised by the code
     they run, never by names, so an alias (``from nanogpt_edu.sampling import generate as g``), ``getattr``, a
     bound method, ``functools.partial``, a lambda or a helper of the learner's own that calls it are all seen.
-    (Only this thread is watched, and only Python code: enough for a notebook's answers.)
+    Functions written in C (``torch.topk``, ``torch.Tensor.topk``) are recognised as the very function called.
+    (Only this thread is watched: enough for a notebook's answers.)
     """
-    watched = {_code_of(function) for function in functions}
+    python, c_functions = set(), []
+    for function in map(_unwrapped, functions):
+        code = getattr(function, "__code__", None)
+        if isinstance(code, CodeType):
+            python.add(code)
+        elif inspect.isbuiltin(function) or inspect.ismethoddescriptor(function):
+            c_functions.append(function)
+        else:
+            raise TypeError(f"forbid() watches functions; {function!r} is not one")
     called: list[str] = []
     previous = sys.getprofile()
 
     def watch(frame, event, arg):
-        if event == "call" and frame.f_code in watched:
+        if event == "call" and frame.f_code in python:
             called.append(frame.f_code.co_name)
+        elif event == "c_call" and any(_calls_c_function(arg, function) for function in c_functions):
+            called.append(arg.__name__)
         if previous is not None:  # a profiler that was already running keeps seeing everything
             previous(frame, event, arg)
 

@@ -45,13 +45,24 @@ def head_attention(s, which_block, which_head):
     },
     ("05_sampling_loop", 1): {
         "wrong": """
-my_masked = scaled.masked_fill(scaled < torch.sort(scaled, descending=True).values[:, [50]], -float("inf"))
-""",  # off by one: the 51st score as the threshold
-        "other_names": """
-ordered = scaled.sort(dim=-1, descending=True).values
-cut = ordered[0, 49]
-my_masked = torch.where(scaled >= cut, scaled, torch.tensor(float("-inf")))
+def my_top_k(scores, k):  # off by one: the (k+1)-th score as the threshold
+    return scores.masked_fill(scores < torch.sort(scores, descending=True).values[:, [k]], -float("inf"))
 """,
+        "other_names": """
+import numpy as np
+
+def my_top_k(s, how_many):
+    cut = np.sort(s.numpy(), axis=-1)[:, ::-1][:, how_many - 1 : how_many]
+    return torch.where(s >= torch.from_numpy(cut.copy()), s, torch.tensor(float("-inf")))
+""",
+        "delegates": ["""
+from nanogpt_edu.sampling import top_k_mask as tk
+my_top_k = lambda s, k: tk(s, k)
+""", """
+def my_top_k(scores, k):
+    cut = scores.topk(k).values[:, [-1]]
+    return scores.masked_fill(scores < cut, -float("inf"))
+"""],
     },
     ("05_sampling_loop", 2): {
         "wrong": """
@@ -66,6 +77,10 @@ def my_top_p(logits, p):
     keep = torch.zeros_like(before, dtype=torch.bool).scatter(-1, where, before < p)
     return logits.where(keep, torch.tensor(-torch.inf))
 """,
+        "delegates": ["""
+from nanogpt_edu.sampling import top_p_mask as tp
+my_top_p = lambda logits, p: tp(logits, p)
+"""],
     },
     ("06_kv_cache", 1): {
         "wrong": """
@@ -97,6 +112,13 @@ def cached_greedy(net, tokens, count):
         scores, _ = net(pick, cache=kv)
     return torch.cat(pieces, dim=1)
 """,
+        "delegates": ["""
+from nanogpt_edu.sampling import generate as g
+cached_greedy = lambda model, idx, n: g(model, idx, n, temperature=0)
+""", """
+import nanogpt_edu.sampling
+cached_greedy = lambda model, idx, n: getattr(nanogpt_edu.sampling, "gen" + "erate")(model, idx, n, temperature=0)
+"""],
     },
     ("03_tokenization", 1): {
         "wrong": """

@@ -147,6 +147,10 @@ def test_student_edition_checks_say_not_done_yet_then_grade_wrong_and_other_name
             graded = run(client, index, cell.source)
             assert [e.ename for e in errors(graded)] == ["NotRightYet"], (name, errors(graded))
             assert graded.outputs[-1].traceback[0].startswith("not right yet: "), name
+            for delegate in answer.get("delegates", []):  # the library under another name: never "done"
+                write_answer(client, nb, index, delegate)
+                graded = run(client, index, cell.source)
+                assert [e.ename for e in errors(graded)] == ["NotRightYet"], (name, "delegation", errors(graded))
             write_answer(client, nb, index, answer["other_names"])
             passed = run(client, index, cell.source)
             assert not errors(passed), (name, errors(passed))

@@ -84,7 +84,17 @@ def test_a_profiler_already_running_is_kept_and_restored():
     assert "<lambda>" in seen
 
 
-def test_only_python_functions_can_be_watched():
-    with pytest.raises(TypeError, match="watches Python functions"):
-        with forbid(len, hint="x"):
+def test_functions_written_in_c_are_seen_as_functions_and_as_methods():
+    scores = torch.tensor([[1.0, 3.0, 2.0]])
+    for route in (lambda: torch.topk(scores, 1), lambda: scores.topk(1), lambda: getattr(torch, "topk")(scores, 1)):
+        with pytest.raises(NotRightYet, match="no topk"):
+            with forbid(torch.topk, torch.Tensor.topk, hint="no topk"):
+                route()
+    with forbid(torch.topk, torch.Tensor.topk, hint="no topk"):  # other C functions are fine
+        torch.sort(scores, descending=True)
+
+
+def test_only_functions_can_be_watched():
+    with pytest.raises(TypeError, match="is not one"):
+        with forbid(42, hint="x"):
             pass
