@@ -275,6 +275,40 @@ def continue_text(text, how_many, seed_value):
     return decode(grown[0].tolist())
 """,
     },
+    ("07_output_quality", 1): {
+        "wrong": """
+whole3 = torch.cat([prompts[3], human[3]])[None]
+my_perplexity = model(whole3[:, :-1], whole3[:, 1:])[1].exp().item()  # the prompt's tokens counted too
+""",
+        "other_names": """
+import numpy as np
+seq = torch.cat([prompts[3], human[3]]).unsqueeze(0)
+out_logits, _ = model(seq[:, :-1], seq[:, 1:])
+nll = F.cross_entropy(out_logits[0, -40:], human[3], reduction="none")
+my_perplexity = np.exp(nll.mean().item())
+""",
+    },
+    ("07_output_quality", 2): {
+        "wrong": """
+def my_ends_in_loop(tokens):  # twice is enough here: the paper asks for three times
+    for size in range(2, len(tokens) // 2 + 1):
+        if tokens[-size:] == tokens[-2 * size:-size]:
+            return True
+    return False
+""",
+        "other_names": """
+def my_ends_in_loop(ids):
+    n = len(ids)
+    for width in range(2, n // 3 + 1):
+        tail = ids[n - width:]
+        copies = 1
+        while (copies + 1) * width <= n and ids[n - (copies + 1) * width: n - copies * width] == tail:
+            copies += 1
+        if copies >= 3:
+            return True
+    return False
+""",
+    },
 }
 ANSWERS |= {
     ("08_after_nanogpt", 1): {

@@ -20,7 +20,7 @@ def source(cell) -> str:
 def test_the_series_is_numbered_in_order():
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["00_overview", "01_config", "02_weight_porting", "03_tokenization", "04_forward_pass",
-                     "05_sampling_loop", "06_kv_cache", "08_after_nanogpt"]
+                     "05_sampling_loop", "06_kv_cache", "07_output_quality", "08_after_nanogpt"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
