@@ -30,7 +30,8 @@ MAX_WIDTH = 10.0  # inches: about the width of a notebook column at matplotlib's
 FONT_SIZE = 9  # points: the smallest text on any figure
 
 
-def _figure_function(plot: Callable[..., Figure]) -> Callable[..., Figure]:
+def figure_function(plot: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Return ``plot`` wrapped as every figure function of the package is (decorate each ``plot_*`` with it)."""
     # Every figure function is wrapped, the one place where each is entered. Its texts are made while math
     # parsing is off, and any text the figure holds afterwards is switched off too, so a "$" in a token, title or
     # label is drawn as a dollar sign. Input it cannot draw (the wrong type, shape or size) raises
@@ -83,7 +84,7 @@ def _token_axis(ax, labels: Sequence[str], xlabel: str) -> None:
     ax.tick_params(axis="y", labelsize=FONT_SIZE)
 
 
-@_figure_function
+@figure_function
 def plot_next_token_probs(probs: torch.Tensor, top: int = 20, title: str = "Next-token probabilities",
                           decode_bytes=None) -> Figure:
     """Return a bar chart of the ``top`` most likely next tokens of a probability vector (vocab_size,)."""
@@ -116,7 +117,7 @@ def _mask_legend(ax) -> None:
               fontsize=FONT_SIZE)
 
 
-@_figure_function
+@figure_function
 def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=None,
                     score_label: str = "logit") -> Figure:
     """Return a two-row figure of the top-k mask on scores (vocab_size,): the scores, then the probabilities.
@@ -149,7 +150,7 @@ def plot_top_k_mask(logits: torch.Tensor, k: int, show: int = 20, decode_bytes=N
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = (0.5, 0.8, 1.0, 1.5),
                           top: int = 12, decode_bytes=None) -> Figure:
     """Return one panel per temperature (two per row): the ``top`` tokens' probabilities of
@@ -176,7 +177,7 @@ def plot_temperature_grid(logits: torch.Tensor, temperatures: Sequence[float] = 
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k: int = 10, top_p: float = 0.5,
                            min_p: float = 0.2, show: int = 16, decode_bytes=None) -> Figure:
     """Return greedy, top-k, top-p and min-p side by side on the same logits (after the temperature): which of
@@ -207,7 +208,7 @@ def plot_filter_comparison(logits: torch.Tensor, temperature: float = 0.8, top_k
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[float]],
                         title: str = "Time per generated token") -> Figure:
     """Return a line plot of milliseconds per token against context length, one line per method."""
@@ -222,7 +223,7 @@ def plot_time_per_token(positions: Sequence[int], series: dict[str, Sequence[flo
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> Figure:
     """Return one heatmap per head of attention ``weights`` (n_head, T, T): row = the token that looks (query),
     column = the token looked at (key); ``labels`` are the T tokens. The masked future (above the diagonal) is
@@ -260,7 +261,7 @@ def plot_attention(weights: torch.Tensor, labels: Sequence[str], title: str) -> 
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_gelu() -> Figure:
     """Return GELU (exact and GPT-2's tanh form) beside ReLU on [-4, 3]."""
     x = torch.linspace(-4, 3, 400)
@@ -277,7 +278,7 @@ def plot_gelu() -> Figure:
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_architecture(stages: Sequence[tuple[str, str, Sequence[int]]], repeated: tuple[int, int], n_layer: int,
                       residuals: Sequence[tuple[int, int]] = (), title: str = "One forward pass") -> Figure:
     """Return a top-to-bottom diagram of a forward pass: one box per stage, with its shape.
@@ -325,7 +326,7 @@ def plot_architecture(stages: Sequence[tuple[str, str, Sequence[int]]], repeated
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: Sequence[float],
                     title: str) -> Figure:
     """Return one bar per layer: the probability of that layer's top guess, labelled with the guess itself."""
@@ -345,7 +346,7 @@ def plot_logit_lens(layer_names: Sequence[str], guesses: Sequence[str], probs: S
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15, decode_bytes=None) -> Figure:
     """Return the ``top`` likeliest tokens' probabilities beside how often each came up in ``draws`` (ids).
 
@@ -370,7 +371,7 @@ def plot_draws_vs_probs(probs: torch.Tensor, draws: torch.Tensor, top: int = 15,
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_kept_per_step(kept: Sequence[int], top_k: int, top_p: float) -> Figure:
     """Return how many tokens top-p kept at each step of a generation, beside top-k's fixed ``top_k``."""
     fig, ax = plt.subplots(figsize=(MAX_WIDTH * 0.8, 4))
@@ -385,7 +386,7 @@ def plot_kept_per_step(kept: Sequence[int], top_k: int, top_p: float) -> Figure:
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_every_probability(logits: torch.Tensor, names: Sequence[str], settings: Sequence[dict],
                            title: str = "Every token's probability under each setting") -> Figure:
     """Return one panel per sampling setting, each with a bar for every token of a small vocabulary.
@@ -427,7 +428,7 @@ def plot_every_probability(logits: torch.Tensor, names: Sequence[str], settings:
     return fig
 
 
-@_figure_function
+@figure_function
 def plot_log_probabilities(logits: torch.Tensor, names: Sequence[str], temperatures: Sequence[float] = (0.5, 1.0, 2.0),
                            title: str = "Log-probabilities: temperature divides every gap by T") -> Figure:
     """Return ln p of every token of a small vocabulary, one line per temperature: log_softmax(logits / T).

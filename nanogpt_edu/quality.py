@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from .errors import NanogptEduError, shown
 from .model import GPT
-from .plots import FONT_SIZE, MAX_WIDTH
+from .plots import FONT_SIZE, MAX_WIDTH, figure_function
 from .sampling import generate
 
 SHAKESPEARE = Path(__file__).parent / "data" / "shakespeare"
@@ -234,6 +234,7 @@ def repeat_probability(model: GPT, line: Sequence[int], repeats: int) -> float:
 
 # ---- figures -------------------------------------------------------------------------------------------------
 
+@figure_function
 def plot_scorecard(rows: dict[str, dict[str, float]], human: str = "human") -> Figure:
     """Return four bar charts, one per metric, a bar per decoding setting; the ``human`` row is drawn as a line."""
     metrics = [("perplexity", "perplexity (log scale)"), ("repeated3", "share of repeated 3-grams"),
@@ -258,6 +259,7 @@ def plot_scorecard(rows: dict[str, dict[str, float]], human: str = "human") -> F
     return fig
 
 
+@figure_function
 def plot_temperature_sweep(temperatures: Sequence[float], series: dict[str, dict[str, Sequence[float]]],
                            human: dict[str, float] | None = None) -> Figure:
     """Return two line charts against temperature, perplexity and distinct-2, a line per method in ``series``
@@ -280,6 +282,7 @@ def plot_temperature_sweep(temperatures: Sequence[float], series: dict[str, dict
     return fig
 
 
+@figure_function
 def plot_repetition_trap(repeats: Sequence[int], curves: dict[str, Sequence[float]]) -> Figure:
     """Return a line chart of the probability of writing a line once more against how often it was already
     repeated, a line per line of text in ``curves``."""

@@ -1337,6 +1337,12 @@ def every_figure(logits: torch.Tensor) -> dict:
         "plot_logit_lens": lambda: plots.plot_logit_lens(["h.0", "h.1"], ["'$$'", "'$$$$'"], [0.2, 0.5], "$a$b$"),
         "plot_draws_vs_probs": lambda: plots.plot_draws_vs_probs(probs, torch.tensor(DOLLAR_TOKENS * 20)),
         "plot_kept_per_step": lambda: plots.plot_kept_per_step([3, 40, 7], 5, 0.9),
+        "plot_architecture": lambda: plots.plot_architecture([("$$idx$$", "(B, T)", (1, 2)), ("'$$'", "$x$", (1, 2, 8))],
+                                                             repeated=(1, 2), n_layer=2, title="$a$ $b$"),
+        "plot_every_probability": lambda: plots.plot_every_probability(
+            logits[DOLLAR_TOKENS], ["'$$'", "' $$'", "'#$#$'", "'$$$$'", "'$'"], [dict(temperature=1.0)]),
+        "plot_log_probabilities": lambda: plots.plot_log_probabilities(
+            logits[DOLLAR_TOKENS], ["'$$'", "' $$'", "'#$#$'", "'$$$$'", "'$'"], title="$T$"),
     }
 
 

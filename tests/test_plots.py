@@ -237,3 +237,18 @@ def test_entropy_bounds():
 def test_token_label_shows_spaces_and_newlines():
     assert token_label(198) == repr("\n")
     assert token_label(616) == repr(" my")
+
+
+def test_every_figure_function_in_the_package_is_wrapped_as_one():
+    # the wrapper is the one mechanism that draws "$" as text and turns bad input into NanogptEduError, so a new
+    # plot_* anywhere in the package must carry it
+    import ast
+    from pathlib import Path
+
+    import nanogpt_edu
+
+    for path in Path(nanogpt_edu.__file__).parent.rglob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("plot_"):
+                names = {getattr(d, "id", getattr(d, "attr", None)) for d in node.decorator_list}
+                assert "figure_function" in names, f"{path.name}: {node.name} is not decorated with figure_function"
