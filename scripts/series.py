@@ -63,7 +63,10 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
             raise SeriesError(f"{path}: a cell is not a notebook cell: {shown(cell)}")
         if isinstance(cell.get("metadata"), dict):
             if "tags" in cell.metadata:
-                cell.metadata["tags"] = cell_tags(cell)
+                try:
+                    cell.metadata["tags"] = cell_tags(cell)
+                except SeriesError as error:
+                    raise SeriesError(f"{path}: {error}") from None
         else:
             cell["metadata"] = nbformat.NotebookNode()
         if isinstance(cell.source, list):
