@@ -37,13 +37,12 @@ def explorer_outputs(path: Path) -> list[str]:
 
 
 def notebooks_with_explorer(folder: Path) -> Path:
-    """Return a notebook folder whose 05 stores the sampling explorer's output.
+    """Return a copy of the notebooks in ``folder`` whose 05 holds the sampling explorer's output as the committed
+    ``nanogpt_edu.explorer`` draws it now (stored outputs lag behind the code until the notebook is re-run).
 
-    The project's own notebooks once 05 has it. Until then, a copy of them in ``folder`` where the explorer's cell
-    replaces 05's ipywidgets panel (or comes before the exercise), with the output IPython would store for it.
+    The cell that shows the explorer keeps its place with a fresh output; a 05 without one gets the explorer's cell
+    in place of its ipywidgets panel (or before the exercise), with the output IPython would store for it.
     """
-    if explorer_outputs(NOTEBOOK_DIR / f"{SAMPLING}.ipynb"):
-        return NOTEBOOK_DIR
     from IPython.core.formatters import DisplayFormatter
 
     from nanogpt_edu import load_model
@@ -54,15 +53,24 @@ def notebooks_with_explorer(folder: Path) -> Path:
     nb = nbformat.read(path, as_version=4)
     page = sampling_explorer(load_model("pocket"), ["Hello, my name is", "ROMEO:", "The king"])
     data, metadata = DisplayFormatter().format(page)
-    cell = nbformat.v4.new_code_cell(EXPLORER_CELL, metadata={"tags": ["nbval-ignore-output"]})
-    cell.outputs = [nbformat.v4.new_output("execute_result", data=data, metadata=metadata)]
+    output = nbformat.v4.new_output("execute_result", data=data, metadata=metadata)
     sources = ["".join(c.source) for c in nb.cells]
-    widgets = [i for i, s in enumerate(sources) if "ipywidgets" in s]
-    if widgets:
-        cell.execution_count = nb.cells[widgets[0]].execution_count
-        nb.cells[widgets[0]] = cell
+    shown = [i for i, s in enumerate(sources) if "sampling_explorer(" in s and nb.cells[i].cell_type == "code"]
+    if shown:
+        cell = nb.cells[shown[-1]]
+        output.execution_count = cell.execution_count
+        cell.outputs = [o for o in cell.outputs if EXPLORER_MARK not in "".join(o.get("data", {}).get("text/html", ""))]
+        cell.outputs.append(output)
     else:
-        nb.cells.insert(next((i for i, s in enumerate(sources) if s.startswith("## Exercise")), len(nb.cells)), cell)
+        cell = nbformat.v4.new_code_cell(EXPLORER_CELL, metadata={"tags": ["nbval-ignore-output"]})
+        cell.outputs = [output]
+        widgets = [i for i, s in enumerate(sources) if "ipywidgets" in s]
+        if widgets:
+            cell.execution_count = nb.cells[widgets[0]].execution_count
+            nb.cells[widgets[0]] = cell
+        else:
+            nb.cells.insert(next((i for i, s in enumerate(sources) if s.startswith("## Exercise")), len(nb.cells)),
+                            cell)
     nbformat.write(nb, path)
     return folder
 
