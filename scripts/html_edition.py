@@ -50,7 +50,8 @@ def markdown_inline(text: str) -> str:
 
 def plain_text(markdown: str) -> str:
     """Return markdown as the words a reader sees: no markup, code and links as their text, one line."""
-    words = html.unescape(re.sub(r"<[^>]+>", " ", _markdown(markdown)))
+    blocks = re.sub(r"</?(?:p|li|ul|ol|h\d|br|div|pre|blockquote|table|tr|td|th)\b[^>]*>", " ", _markdown(markdown))
+    words = html.unescape(re.sub(r"<[^>]+>", "", blocks))  # inline markup (code, emphasis) joins its words
     return re.sub(r"\s+", " ", words).strip()
 
 
