@@ -5,7 +5,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # what `make sample` passes to the sample command (sample.py's flags)
 ARGS ?= --start="ROMEO:" --num_samples=3 --max_new_tokens=200
 
-.PHONY: setup sample test lab notebooks html student bench bench-update clean
+.PHONY: setup sample test lab notebooks html student assignment bench bench-update clean
 
 setup: $(VENV)/.installed
 
@@ -39,13 +39,18 @@ notebooks: setup
 	done
 	$(PY) scripts/tidy_notebooks.py $(NOTEBOOKS)
 
-# the static HTML edition of the series (stored outputs, no network) in build/html; open build/html/index.html
+# the static HTML editions (stored outputs, no network): build/html/teacher (solutions folded under "show
+# solution") and build/html/student (no solutions); open index.html in either
 html: setup
 	$(PY) scripts/html_edition.py --out build/html
 
 # the student edition: the series without solution cells and outputs, in build/student (to hand out)
 student: setup
 	$(PY) scripts/student_edition.py --out build/student
+
+# the series as an nbgrader source assignment in build/classroom (needs the extra: pip install -e '.[classroom]')
+assignment: setup
+	$(PY) scripts/nbgrader_assignment.py --out build/classroom
 
 # speed and memory measurements: prints tables, writes build/bench/ (untracked); on a quiet machine it takes about
 # BENCH_MINUTES minutes. `make bench-update` writes the committed copy in bench/results/ instead.

@@ -216,7 +216,30 @@ def explorer_document(rows: Sequence[NextTokenLogits], temperature: float = 0.8,
     doc.add_root(column(controls["prompt"], row(*(controls[k] for k in ("temperature", "top_k", "top_p", "min_p"))),
                         kept, fig))
     doc.js_on_event("document_ready", update)  # draw the first prompt's bars once the page is ready
+    doc.js_on_event("document_ready", CustomJS(code=_LABEL_JS))  # sliders named for screen readers
     return doc
+
+
+# BokehJS draws a slider's handle (role="slider", moved with the arrow keys) without an accessible name; give each
+# the slider's own title ("temperature", "top_k (0 = off)"), read from its visible label, once the views are drawn
+_LABEL_JS = """
+const name_sliders = () => {
+  let named = 0;
+  const walk = (root) => {
+    for (const el of root.querySelectorAll("*")) {
+      if (!el.shadowRoot) continue;
+      const title = el.shadowRoot.querySelector(".bk-slider-title");
+      for (const handle of el.shadowRoot.querySelectorAll("[role=slider]")) {
+        if (title) { handle.setAttribute("aria-label", title.textContent.replace(/:[^:]*$/, "").trim()); named++; }
+      }
+      walk(el.shadowRoot);
+    }
+  };
+  walk(document);
+  return named;
+};
+for (const wait of [0, 100, 500, 2000]) setTimeout(name_sliders, wait);
+"""
 
 
 class ExplorerPage:

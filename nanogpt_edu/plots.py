@@ -25,7 +25,10 @@ from .errors import NanogptEduError, shown
 from .sampling import apply_masks, apply_temperature, min_p_mask, top_k_mask, top_p_mask
 from .tokenizer import get_encoding
 
-KEPT, MASKED, BEFORE = "#2b7bb9", "#f2a93b", "#c9c9c9"  # kept tokens, masked tokens, probabilities before a mask
+# kept tokens, masked tokens, probabilities before a mask. Blue and orange stay apart for the common colour-vision
+# deficiencies, and masked bars are hatched outlines besides (never hue alone); the orange is dark enough for 3:1
+# (WCAG's contrast for graphics) on white and on the grey bars it is drawn over
+KEPT, MASKED, BEFORE = "#2b7bb9", "#a34f00", "#c9c9c9"
 MAX_WIDTH = 10.0  # inches: about the width of a notebook column at matplotlib's 100 dpi
 FONT_SIZE = 9  # points: the smallest text on any figure
 

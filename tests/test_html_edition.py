@@ -37,13 +37,12 @@ def explorer_outputs(path: Path) -> list[str]:
 
 
 def notebooks_with_explorer(folder: Path) -> Path:
-    """Return a notebook folder whose 05 stores the sampling explorer's output.
+    """Return a copy of the notebooks in ``folder`` whose 05 holds the sampling explorer's output as the committed
+    ``nanogpt_edu.explorer`` draws it now (stored outputs lag behind the code until the notebook is re-run).
 
-    The project's own notebooks once 05 has it. Until then, a copy of them in ``folder`` where the explorer's cell
-    replaces 05's ipywidgets panel (or comes before the exercise), with the output IPython would store for it.
+    The cell that shows the explorer keeps its place with a fresh output; a 05 without one gets the explorer's cell
+    in place of its ipywidgets panel (or before the exercise), with the output IPython would store for it.
     """
-    if explorer_outputs(NOTEBOOK_DIR / f"{SAMPLING}.ipynb"):
-        return NOTEBOOK_DIR
     from IPython.core.formatters import DisplayFormatter
 
     from nanogpt_edu import load_model
@@ -54,15 +53,24 @@ def notebooks_with_explorer(folder: Path) -> Path:
     nb = nbformat.read(path, as_version=4)
     page = sampling_explorer(load_model("pocket"), ["Hello, my name is", "ROMEO:", "The king"])
     data, metadata = DisplayFormatter().format(page)
-    cell = nbformat.v4.new_code_cell(EXPLORER_CELL, metadata={"tags": ["nbval-ignore-output"]})
-    cell.outputs = [nbformat.v4.new_output("execute_result", data=data, metadata=metadata)]
+    output = nbformat.v4.new_output("execute_result", data=data, metadata=metadata)
     sources = ["".join(c.source) for c in nb.cells]
-    widgets = [i for i, s in enumerate(sources) if "ipywidgets" in s]
-    if widgets:
-        cell.execution_count = nb.cells[widgets[0]].execution_count
-        nb.cells[widgets[0]] = cell
+    shown = [i for i, s in enumerate(sources) if "sampling_explorer(" in s and nb.cells[i].cell_type == "code"]
+    if shown:
+        cell = nb.cells[shown[-1]]
+        output.execution_count = cell.execution_count
+        cell.outputs = [o for o in cell.outputs if EXPLORER_MARK not in "".join(o.get("data", {}).get("text/html", ""))]
+        cell.outputs.append(output)
     else:
-        nb.cells.insert(next((i for i, s in enumerate(sources) if s.startswith("## Exercise")), len(nb.cells)), cell)
+        cell = nbformat.v4.new_code_cell(EXPLORER_CELL, metadata={"tags": ["nbval-ignore-output"]})
+        cell.outputs = [output]
+        widgets = [i for i, s in enumerate(sources) if "ipywidgets" in s]
+        if widgets:
+            cell.execution_count = nb.cells[widgets[0]].execution_count
+            nb.cells[widgets[0]] = cell
+        else:
+            nb.cells.insert(next((i for i, s in enumerate(sources) if s.startswith("## Exercise")), len(nb.cells)),
+                            cell)
     nbformat.write(nb, path)
     return folder
 
@@ -127,3 +135,154 @@ def test_only_scripts_that_load_from_the_network_are_dropped(tmp_path, tag):
     kept = '<script>const home = "https://example.org"; draw(home);</script>'
     assert html_edition.REMOTE_IMPORT.sub("", html_edition.REMOTE_SCRIPT.sub("", f"<p>a</p>{tag}{kept}")) == \
         f"<p>a</p>{kept}"
+
+
+# ---- the two editions: solutions folded (teacher's) or absent (student's); the index; the tools' bad input ----
+
+import html as html_module  # noqa: E402
+import subprocess  # noqa: E402
+
+from html_edition import build_editions, figure_alt  # noqa: E402
+from series import SeriesError, cell_tags, read_notebook, title_and_goals  # noqa: E402
+
+
+def page_text(page: str) -> str:
+    """What a reader (or a search of the page source) finds: tags removed, entities decoded."""
+    return html_module.unescape(re.sub(r"<[^>]+>", "", page))
+
+
+def answer_texts(nb) -> list[str]:
+    """The lines only an answer holds: the solution cells' code, and what solution and check cells printed."""
+    shown = [c for c in nb.cells if "solution" not in cell_tags(c)]  # what students see anyway: lesson and checks,
+    lesson = "\n".join([c.source for c in shown] + [  # and the lesson's own outputs
+        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+        for c in shown if "check" not in cell_tags(c) for o in c.get("outputs", [])])
+    lines = []
+    for cell in nb.cells:
+        tags = cell_tags(cell)
+        if "solution" in tags:
+            lines += [line.strip() for line in cell.source.splitlines()]
+        if {"solution", "check"} & set(tags):
+            for output in cell.get("outputs", []):
+                lines += "".join(output.get("text", "")).splitlines()
+                lines += "".join(output.get("data", {}).get("text/plain", "")).splitlines()
+    return [line.strip() for line in lines if len(line.strip()) > 12 and line.strip() not in lesson]
+
+
+def test_the_student_edition_has_no_solution_code_or_output_in_its_page_source(tmp_path):
+    build_editions(NOTEBOOK_DIR, tmp_path)
+    for path in notebooks(NOTEBOOK_DIR):
+        nb = read_notebook(path)
+        secret = answer_texts(nb)
+        assert len(secret) >= 2, path.stem  # each notebook has answers to hide
+        student = (tmp_path / "student" / f"{path.stem}.html").read_text(encoding="utf-8")
+        teacher = (tmp_path / "teacher" / f"{path.stem}.html").read_text(encoding="utf-8")
+        shown, source = page_text(student), student
+        for line in secret:
+            assert line not in shown and html_module.escape(line) not in source, (path.stem, line)
+            assert line in page_text(teacher), (path.stem, line)  # the teacher's edition has every answer
+        # the exercises and their checks are still there for the student
+        checks = [c for c in nb.cells if "check" in cell_tags(c)]
+        assert all(c.source.splitlines()[-1].strip() in shown for c in checks)
+        # teacher: each solution folded under a closed "show solution" control
+        folds = re.findall(r"<details\b([^>]*)><summary>show solution</summary>(.*?)</details>", teacher, re.S)
+        assert len(folds) == sum("solution" in cell_tags(c) for c in nb.cells) >= 2
+        assert all("open" not in attributes for attributes, _ in folds)
+        assert "<details" not in student
+
+
+def test_the_index_renders_every_goal_whole_and_numbers_each_notebook_once(tmp_path):
+    build_editions(NOTEBOOK_DIR, tmp_path)
+    for edition in ("teacher", "student"):
+        index = (tmp_path / edition / "index.html").read_text(encoding="utf-8")
+        text = page_text(index)
+        assert "**" not in text and "`" not in text  # markdown rendered, not shown raw
+        entries = re.findall(r'<li><a href="(\d\d_\w+)\.html">(.*?)</a><ul>(.*?)</ul></li>', index, re.S)
+        assert [e[0] for e in entries] == [p.stem for p in notebooks(NOTEBOOK_DIR)]
+        assert 'class="path"' in index and "list-style: none" in index  # the titles carry the numbers, once
+        for (stem, title, goals), path in zip(entries, notebooks(NOTEBOOK_DIR)):
+            first = read_notebook(path).cells[0].source
+            assert page_text(title).startswith(stem[:2] + " ")
+            items = re.findall(r"<li>(.*?)</li>", goals, re.S)
+            written = title_and_goals(read_notebook(path))[1]
+            assert len(items) == len(written) == first.split("**Learning goals**")[1].split("\n\n")[0].count("\n-")
+            for item, goal in zip(items, written):  # whole: a goal that wraps ends as it does in the notebook
+                words = page_text(item).split()
+                assert words[-1].rstrip(";.") == re.sub(r"[`*]", "", goal).split()[-1].rstrip(";."), (stem, goal)
+
+
+def test_every_figure_has_a_text_alternative_naming_its_notebook_and_lesson(tmp_path):
+    build_editions(NOTEBOOK_DIR, tmp_path)
+    for path in notebooks(NOTEBOOK_DIR):
+        page = (tmp_path / "teacher" / f"{path.stem}.html").read_text(encoding="utf-8")
+        images = re.findall(r'<img\b[^>]*src="data:image/png;base64[^>]*>', page)
+        alts = [html_module.unescape(m[2]) for m in map(re.compile(r'\balt=(["\'])(.*?)\1').search, images) if m]
+        figures = [a for a in alts if a.startswith("Figure from ")]  # (the template's own small icon has its own)
+        # every figure the page draws as an image (an output that also has HTML shows that instead) is described
+        assert len(alts) == len(images) and len(figures) == figure_count(path), path.stem
+        for alt in figures:
+            assert alt.startswith(f"Figure from {path.stem[:2]} ") and len(alt.split()) >= 8, alt
+    # a cell's own description wins; the title its code gives comes first
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 09 · A test"), nbformat.v4.new_markdown_cell("## Bars\nThe bars show *k*."),
+        nbformat.v4.new_code_cell('ax.set_title("Top-k keeps five")'),
+        nbformat.v4.new_code_cell("plt.show()", metadata={"nanogpt_edu": {"alt": ["Five blue bars."]}})])
+    assert figure_alt(nb, 2, 0) == "Figure from 09 · A test: Top-k keeps five. The bars show k."
+    assert figure_alt(nb, 3, 0) == "Five blue bars."
+
+
+def with_tags(nb, tags: list):
+    """Set each cell's ``tags`` as given (None: leave it), even to what nbformat would refuse, as a file could."""
+    for cell, value in zip(nb.cells, tags):
+        if value is not None:
+            cell.metadata["tags"] = value
+    return nb
+
+
+def tool(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+
+
+@pytest.mark.parametrize("script", ["student_edition.py", "html_edition.py", "nbgrader_assignment.py"])
+@pytest.mark.parametrize("case", ["not_json", "no_cells", "empty_first_cell", "out_is_a_file", "tags_not_strings"])
+def test_the_tools_refuse_bad_notebooks_and_outputs_in_one_line(tmp_path, script, case):
+    folder, out = tmp_path / "notebooks", tmp_path / "out"
+    folder.mkdir()
+    good = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00 · fine")])
+    bad = {"not_json": "{ this is not json",
+           "no_cells": nbformat.writes(nbformat.v4.new_notebook()),
+           "empty_first_cell": nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("  ")])),
+           "tags_not_strings": json.dumps(with_tags(nbformat.v4.new_notebook(cells=[
+               nbformat.v4.new_markdown_cell("# 01"), nbformat.v4.new_code_cell("x")]), [None, [1]]))}
+    nbformat.write(good, folder / "00_fine.ipynb")
+    if case == "out_is_a_file":
+        out.write_text("a file")
+    else:
+        (folder / "01_bad.ipynb").write_text(bad[case], encoding="utf-8")
+    done = tool(script, "--notebooks", str(folder), "--out", str(out))
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    assert ("01_bad.ipynb" if case != "out_is_a_file" else "--out") in done.stderr
+    assert case == "out_is_a_file" or not out.exists()  # nothing written from a half-read series
+
+
+@pytest.mark.parametrize("tags", ["solution", "solution, nbval-ignore-output", ["solution"]])
+def test_a_solution_tagged_with_a_string_never_reaches_the_student_edition(tmp_path, tags):
+    from student_edition import build as build_student
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    answer = "the_answer = 6 * 7  # SECRET-SOLUTION-LINE"
+    cell = nbformat.v4.new_code_cell(answer)
+    cell.outputs = [nbformat.v4.new_output("stream", text="SECRET-SOLUTION-OUTPUT\n")]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00 · one exercise"), cell,
+                                         nbformat.v4.new_code_cell("print(the_answer)")])
+    with_tags(nb, [None, tags, "check"])
+    (folder / "00_one.ipynb").write_text(json.dumps(nb), encoding="utf-8")  # as written, not validated
+    build_student(folder, tmp_path / "student")
+    build(folder, tmp_path / "html", edition="student")
+    for written in [tmp_path / "student" / "00_one.ipynb", tmp_path / "html" / "00_one.html"]:
+        text = written.read_text(encoding="utf-8")
+        assert "SECRET-SOLUTION" not in text and "print(the_answer)" in page_text(text), written

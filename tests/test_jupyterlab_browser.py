@@ -300,3 +300,71 @@ def test_static_edition_sampling_explorer_follows_its_sliders(browser, edition_n
     page.locator(".jp-OutputArea-output:has([data-root-id])").screenshot(path=str(ARTIFACTS / f"static_{SAMPLING}.png"))
     page.close()
     assert remote == [], f"the static page tried to fetch {remote}"
+
+
+# ---- accessibility: every page of both static editions, with axe-core, and the explorer by keyboard alone ----
+
+WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
+              "resultTypes": ["violations"]}
+
+
+@pytest.fixture(scope="module")
+def editions(edition_notebooks, tmp_path_factory) -> Path:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from html_edition import build_editions
+
+    out = tmp_path_factory.mktemp("editions")
+    build_editions(edition_notebooks, out)
+    return out
+
+
+EDITION_PAGES = [f"{edition}/{page}" for edition in ("teacher", "student") for page in ["index", *NOTEBOOKS]]
+
+
+@pytest.mark.parametrize("page_name", EDITION_PAGES)
+def test_every_page_of_both_editions_meets_wcag_21_aa_by_axe(browser, editions, page_name):
+    from axe_playwright_python.sync_playwright import Axe
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto((editions / f"{page_name}.html").as_uri())
+    page.wait_for_load_state("load")
+    if page.locator("[data-root-id]").count():  # the explorer: let BokehJS draw it and name its sliders
+        page.wait_for_selector(".kept-count", timeout=60_000)
+        page.wait_for_function("""() => { let n = 0; const walk = (r) => { for (const e of r.querySelectorAll('*'))
+            if (e.shadowRoot) { n += e.shadowRoot.querySelectorAll('[role=slider][aria-label]').length;
+            walk(e.shadowRoot); } }; walk(document); return n >= 4; }""", timeout=30_000)
+    results = Axe().run(page, options=WCAG_21_AA).response
+    violations = [(v["id"], v["impact"], len(v["nodes"]), v["nodes"][0]["html"][:120]) for v in results["violations"]]
+    assert violations == [], violations
+    # every figure has a text alternative that says what it shows: its notebook, its title and lesson
+    alts = page.locator("img[src^='data:image/png']").evaluate_all("els => els.map(e => e.alt)")
+    assert all(a.startswith("Figure from ") and len(a.split()) >= 8 for a in alts), alts
+    page.close()
+
+
+def test_the_explorer_sliders_are_named_and_move_with_the_keyboard_alone(browser, editions):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto((editions / "student" / f"{SAMPLING}.html").as_uri())
+    page.wait_for_selector(".kept-count", timeout=60_000)
+    names = ["temperature", "top_k (0 = off)", "top_p (1 = off)", "min_p (0 = off)"]
+    for name in names:  # a screen reader finds each by its name, with its value
+        expect_slider = page.get_by_role("slider", name=name, exact=True)
+        assert expect_slider.count() == 1, name
+    state = check_explorer(page)
+    # Tab from the prompt's menu reaches the temperature slider; no mouse from here on
+    page.get_by_role("combobox").first.focus()
+    page.keyboard.press("Tab")
+    focused = page.evaluate("() => { let e = document.activeElement; while (e && e.shadowRoot && "
+                            "e.shadowRoot.activeElement) e = e.shadowRoot.activeElement; "
+                            "return e && e.getAttribute('aria-label'); }")
+    assert focused == "temperature"
+    page.keyboard.press("ArrowRight")  # temperature 0.8 -> 0.85
+    state = check_explorer(page, previous=state)
+    assert state["temperature"] == pytest.approx(0.85)
+    page.keyboard.press("Tab")  # on to top_k: 200 -> 195, read back from the page's own answer
+    for _ in range(5):
+        page.keyboard.press("ArrowLeft")
+    state = check_explorer(page, previous=state)
+    assert (state["top_k"], state["kept_text"]) == (195, "195")
+    assert page.get_by_role("slider", name="top_k (0 = off)").get_attribute("aria-valuenow").startswith("195")
+    page.close()

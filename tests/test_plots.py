@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nanogpt_edu.plots import (
-    FONT_SIZE, KEPT, MASKED, MAX_WIDTH, entropy, plot_architecture, plot_attention, plot_draws_vs_probs, plot_filter_comparison,
+    BEFORE, FONT_SIZE, KEPT, MASKED, MAX_WIDTH, entropy, plot_architecture, plot_attention, plot_draws_vs_probs, plot_filter_comparison,
     plot_gelu, plot_kept_per_step, plot_logit_lens, plot_next_token_probs, plot_temperature_grid,
     plot_time_per_token, plot_top_k_mask, plural, token_label, token_spans_html,
 )
@@ -252,3 +252,21 @@ def test_every_figure_function_in_the_package_is_wrapped_as_one():
             if isinstance(node, ast.FunctionDef) and node.name.startswith("plot_"):
                 names = {getattr(d, "id", getattr(d, "attr", None)) for d in node.decorator_list}
                 assert "figure_function" in names, f"{path.name}: {node.name} is not decorated with figure_function"
+
+
+def test_mask_colours_meet_graphics_contrast_and_masked_is_told_by_hatching_too():
+    def luminance(colour):
+        rgb = matplotlib.colors.to_rgb(colour)
+        r, g, b = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    def contrast(a, b):
+        light, dark = sorted([luminance(a), luminance(b)], reverse=True)
+        return (light + 0.05) / (dark + 0.05)
+
+    assert contrast(KEPT, "white") >= 3 and contrast(MASKED, "white") >= 3 and contrast(MASKED, BEFORE) >= 3
+    fig = plot_top_k_mask(LOGITS, k=10, show=30)
+    for ax in fig.axes:  # a masked bar differs from a kept one in pattern and fill, not in hue alone
+        for bar in ax.patches:
+            if matplotlib.colors.to_hex(bar.get_edgecolor()) == MASKED:
+                assert bar.get_hatch() and bar.get_facecolor()[3] == 0
