@@ -85,7 +85,7 @@ def generate_samples(
     generator=generators[i])`` would give on its own. Past ``block_size`` the window slides and is recomputed
     for all rows, as ``generate`` does.
     """
-    idx = _checked(idx, max_new_tokens, temperature, top_k, top_p, min_p)
+    idx = _checked(model, idx, max_new_tokens, temperature, top_k, top_p, min_p)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise NanogptEduError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
     if idx.size(0) != 1:
@@ -139,7 +139,7 @@ def generate_with_tool(
     forward pass over the text would compute. nanochat does the same with its calculator: ``<|python_start|>``
     ... ``<|python_end|>`` triggers it, and ``<|output_start|>`` result ``<|output_end|>`` is forced.
     """
-    idx = _checked(idx, max_new_tokens, temperature, top_k, None, None)
+    idx = _checked(model, idx, max_new_tokens, temperature, top_k, None, None)
     if idx.size(0) != 1:
         raise NanogptEduError(f"generate_with_tool follows one sequence; idx has {idx.size(0)} rows")
     if not isinstance(trigger, str) or not trigger:
@@ -181,9 +181,9 @@ def _check(logits, temperature, top_k) -> None:
         raise NanogptEduError(str(error)) from None
 
 
-def _checked(idx, max_new_tokens, temperature, top_k, top_p, min_p) -> torch.Tensor:
-    try:
-        return _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p)
+def _checked(model, idx, max_new_tokens, temperature, top_k, top_p, min_p) -> torch.Tensor:
+    try:  # generate's own checks (the model, the ids against its vocabulary, the settings); generators come apart
+        return _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, None, None)
     except NanogptEduError:
         raise
     except ValueError as error:

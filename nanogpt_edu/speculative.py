@@ -197,7 +197,7 @@ def chi_square_test(counts: torch.Tensor, probs: torch.Tensor, min_expected: flo
 def _check_speculative_args(model, idx, max_new_tokens, draft_layers, draft_tokens, temperature, top_k, top_p,
                             min_p) -> torch.Tensor:
     try:
-        idx = _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p, min_p)
+        idx = _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, None, None)
     except NanogptEduError:
         raise
     except ValueError as error:  # the sampling module's one-line messages, as the project's error type
