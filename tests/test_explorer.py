@@ -167,7 +167,9 @@ def test_the_page_ships_the_tested_code_and_needs_no_network(model, rows, tmp_pa
     page = sampling_explorer(model, DEFAULT_PROMPTS)
     fragment = page._repr_html_()
     codes = shipped_code(fragment)
-    assert codes and all(code.startswith(DISTRIBUTION_JS) for code in codes)
+    # the callbacks run the tested arithmetic; the one other script only names the sliders for screen readers
+    others = [code for code in codes if not code.startswith(DISTRIBUTION_JS)]
+    assert len(codes) > len(others) and len(others) == 1 and "aria-label" in others[0] and "logits" not in others[0]
     assert "Bokeh.set_log_level" in fragment and len(fragment) > 1_000_000  # BokehJS itself is in the page
     assert not re.search(r'<script\b[^>]*\bsrc=|<link\b', fragment)  # nothing to fetch
     assert len(fragment) < 3_000_000  # three prompts' logits (compressed) and BokehJS
