@@ -175,16 +175,9 @@ def _check(logits, temperature, top_k) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise NanogptEduError(f"logits must have shape (batch, vocab_size), got {shape}")
-    try:
-        check_sampling_args(temperature=temperature, top_k=top_k)
-    except ValueError as error:  # the sampling module's one-line message, as the project's error type
-        raise NanogptEduError(str(error)) from None
+    check_sampling_args(temperature=temperature, top_k=top_k)  # raises NanogptEduError, in one line
 
 
 def _checked(model, idx, max_new_tokens, temperature, top_k, top_p, min_p) -> torch.Tensor:
-    try:  # generate's own checks (the model, the ids against its vocabulary, the settings); generators come apart
-        return _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, None, None)
-    except NanogptEduError:
-        raise
-    except ValueError as error:
-        raise NanogptEduError(str(error)) from None
+    # generate's own checks (the model, the ids against its vocabulary, the settings); generators come apart
+    return _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, None, None)

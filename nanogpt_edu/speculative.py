@@ -196,12 +196,7 @@ def chi_square_test(counts: torch.Tensor, probs: torch.Tensor, min_expected: flo
 
 def _check_speculative_args(model, idx, max_new_tokens, draft_layers, draft_tokens, temperature, top_k, top_p,
                             min_p) -> torch.Tensor:
-    try:
-        idx = _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, None, None)
-    except NanogptEduError:
-        raise
-    except ValueError as error:  # the sampling module's one-line messages, as the project's error type
-        raise NanogptEduError(str(error)) from None
+    idx = _check_generate_args(model, idx, max_new_tokens, temperature, top_k, top_p, min_p, None, None)
     n_layer, block_size = model.config.n_layer, model.config.block_size
     if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise NanogptEduError(f"draft_tokens must be a whole number >= 1, got {draft_tokens!r}")
