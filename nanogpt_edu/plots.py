@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.ticker import LogFormatter, LogFormatterMathtext
 from matplotlib.patches import Patch
 from torch.nn import functional as F
 
@@ -37,7 +38,7 @@ def figure_function(plot: Callable[..., Figure]) -> Callable[..., Figure]:
     """Return ``plot`` wrapped as every figure function of the package is (decorate each ``plot_*`` with it)."""
     # Every figure function is wrapped, the one place where each is entered. Its texts are made while math
     # parsing is off, and any text the figure holds afterwards is switched off too, so a "$" in a token, title or
-    # label is drawn as a dollar sign. Input it cannot draw (the wrong type, shape or size) raises
+    # label is drawn as a dollar sign, and log axes number their ticks in plain text. Input it cannot draw (the wrong type, shape or size) raises
     # NanogptEduError in one line, as the package promises, instead of whatever torch or matplotlib raised.
     @functools.wraps(plot)
     def wrapper(*args, **kwargs) -> Figure:
@@ -51,6 +52,13 @@ def figure_function(plot: Callable[..., Figure]) -> Callable[..., Figure]:
             raise NanogptEduError(f"{plot.__name__} cannot draw this input ({type(e).__name__}: {message})") from None
         for text in fig.findobj(Text):
             text.set_parse_math(False)
+        for ax in fig.axes:  # a log axis labels its ticks in math text ($10^{1}$): plain numbers, as math is off
+            for axis in (ax.xaxis, ax.yaxis):
+                for major in (True, False):
+                    formatter = axis.get_major_formatter() if major else axis.get_minor_formatter()
+                    if isinstance(formatter, LogFormatterMathtext):
+                        plain = LogFormatter(base=formatter._base, labelOnlyBase=formatter.labelOnlyBase)
+                        axis.set_major_formatter(plain) if major else axis.set_minor_formatter(plain)
         return fig
 
     return wrapper

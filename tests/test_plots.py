@@ -270,3 +270,12 @@ def test_mask_colours_meet_graphics_contrast_and_masked_is_told_by_hatching_too(
         for bar in ax.patches:
             if matplotlib.colors.to_hex(bar.get_edgecolor()) == MASKED:
                 assert bar.get_hatch() and bar.get_facecolor()[3] == 0
+
+
+def test_log_axes_number_their_ticks_in_plain_text():
+    # math parsing is off in every figure, so a math-text tick label ("$\mathdefault{10^{1}}$") would show raw
+    fig = plot_kept_per_step([3, 40, 700, 7], 5, 0.9)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels(minor=False) + fig.axes[0].get_yticklabels(minor=True)]
+    assert any(labels) and not any("$" in label or "mathdefault" in label for label in labels), labels
+    plt.close(fig)
