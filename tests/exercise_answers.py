@@ -284,7 +284,7 @@ my_perplexity = model(whole3[:, :-1], whole3[:, 1:])[1].exp().item()  # the prom
 import numpy as np
 seq = torch.cat([prompts[3], human[3]]).unsqueeze(0)
 out_logits, _ = model(seq[:, :-1], seq[:, 1:])
-nll = F.cross_entropy(out_logits[0, -40:], human[3], reduction="none")
+nll = F.cross_entropy(out_logits[0, -32:], human[3], reduction="none")
 my_perplexity = np.exp(nll.mean().item())
 """,
     },
