@@ -146,6 +146,14 @@ from html_edition import build_editions, figure_alt  # noqa: E402
 from series import SeriesError, cell_tags, read_notebook, title_and_goals  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def editions(tmp_path_factory) -> Path:
+    """Both editions, built once for the tests that only read them."""
+    folder = tmp_path_factory.mktemp("editions")
+    build_editions(NOTEBOOK_DIR, folder)
+    return folder
+
+
 def page_text(page: str) -> str:
     """What a reader (or a search of the page source) finds: tags removed, entities decoded."""
     return html_module.unescape(re.sub(r"<[^>]+>", "", page))
@@ -169,14 +177,13 @@ def answer_texts(nb) -> list[str]:
     return [line.strip() for line in lines if len(line.strip()) > 12 and line.strip() not in lesson]
 
 
-def test_the_student_edition_has_no_solution_code_or_output_in_its_page_source(tmp_path):
-    build_editions(NOTEBOOK_DIR, tmp_path)
+def test_the_student_edition_has_no_solution_code_or_output_in_its_page_source(editions):
     for path in notebooks(NOTEBOOK_DIR):
         nb = read_notebook(path)
         secret = answer_texts(nb)
         assert len(secret) >= 2, path.stem  # each notebook has answers to hide
-        student = (tmp_path / "student" / f"{path.stem}.html").read_text(encoding="utf-8")
-        teacher = (tmp_path / "teacher" / f"{path.stem}.html").read_text(encoding="utf-8")
+        student = (editions / "student" / f"{path.stem}.html").read_text(encoding="utf-8")
+        teacher = (editions / "teacher" / f"{path.stem}.html").read_text(encoding="utf-8")
         shown, source = page_text(student), student
         for line in secret:
             assert line not in shown and html_module.escape(line) not in source, (path.stem, line)
@@ -191,10 +198,9 @@ def test_the_student_edition_has_no_solution_code_or_output_in_its_page_source(t
         assert "<details" not in student
 
 
-def test_the_index_renders_every_goal_whole_and_numbers_each_notebook_once(tmp_path):
-    build_editions(NOTEBOOK_DIR, tmp_path)
+def test_the_index_renders_every_goal_whole_and_numbers_each_notebook_once(editions):
     for edition in ("teacher", "student"):
-        index = (tmp_path / edition / "index.html").read_text(encoding="utf-8")
+        index = (editions / edition / "index.html").read_text(encoding="utf-8")
         text = page_text(index)
         assert "**" not in text and "`" not in text  # markdown rendered, not shown raw
         entries = re.findall(r'<li><a href="(\d\d_\w+)\.html">(.*?)</a><ul>(.*?)</ul></li>', index, re.S)
@@ -211,10 +217,9 @@ def test_the_index_renders_every_goal_whole_and_numbers_each_notebook_once(tmp_p
                 assert words[-1].rstrip(";.") == re.sub(r"[`*]", "", goal).split()[-1].rstrip(";."), (stem, goal)
 
 
-def test_every_figure_has_a_text_alternative_naming_its_notebook_and_lesson(tmp_path):
-    build_editions(NOTEBOOK_DIR, tmp_path)
+def test_every_figure_has_a_text_alternative_naming_its_notebook_and_lesson(editions):
     for path in notebooks(NOTEBOOK_DIR):
-        page = (tmp_path / "teacher" / f"{path.stem}.html").read_text(encoding="utf-8")
+        page = (editions / "teacher" / f"{path.stem}.html").read_text(encoding="utf-8")
         images = re.findall(r'<img\b[^>]*src="data:image/png;base64[^>]*>', page)
         alts = [html_module.unescape(m[2]) for m in map(re.compile(r'\balt=(["\'])(.*?)\1').search, images) if m]
         figures = [a for a in alts if a.startswith("Figure from ")]  # (the template's own small icon has its own)
@@ -244,9 +249,28 @@ def tool(name: str, *args: str) -> subprocess.CompletedProcess:
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=600)
 
 
+def tool_in_process(name: str, *args: str, capsys) -> subprocess.CompletedProcess:
+    """What ``tool`` returns, from the tool's ``main`` run here as its command runs it (``series.run_tool``)."""
+    import importlib
+
+    from series import run_tool
+
+    module = importlib.import_module(name.removesuffix(".py"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:  # every case here must end in the tool's exit status 2
+        run_tool(module.main, list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([name, *args], stopped.value.code, out, err)
+
+
+# each tool meets one case as a real command (its exit status and stderr as a shell sees them); the other cases
+# call the same main in this process, which spares a Python start-up (about 6 s with its imports) per case
+AS_A_COMMAND = "not_json"
+
+
 @pytest.mark.parametrize("script", ["student_edition.py", "html_edition.py", "nbgrader_assignment.py"])
 @pytest.mark.parametrize("case", ["not_json", "no_cells", "empty_first_cell", "out_is_a_file", "tags_not_strings"])
-def test_the_tools_refuse_bad_notebooks_and_outputs_in_one_line(tmp_path, script, case):
+def test_the_tools_refuse_bad_notebooks_and_outputs_in_one_line(tmp_path, script, case, capsys):
     folder, out = tmp_path / "notebooks", tmp_path / "out"
     folder.mkdir()
     good = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00 · fine")])
@@ -260,7 +284,8 @@ def test_the_tools_refuse_bad_notebooks_and_outputs_in_one_line(tmp_path, script
         out.write_text("a file")
     else:
         (folder / "01_bad.ipynb").write_text(bad[case], encoding="utf-8")
-    done = tool(script, "--notebooks", str(folder), "--out", str(out))
+    args = ("--notebooks", str(folder), "--out", str(out))
+    done = tool(script, *args) if case == AS_A_COMMAND else tool_in_process(script, *args, capsys=capsys)
     assert done.returncode == 2 and done.stdout == "", done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
     assert "Traceback" not in done.stderr
