@@ -18,11 +18,12 @@ sample: setup
 	$(PY) -m nanogpt_edu.sample $(ARGS)
 
 # every test: the package's unit tests, then every notebook's stored outputs re-checked by nbval. The tests run
-# side by side, a worker per core (at most 4), each file whole in one worker (--dist loadfile: a notebook's nbval
-# cells run in order in one kernel). TEST_ARGS adds pytest options ("-n 0": all in this one process).
+# side by side, a worker per core (at most 4), in the work units tests/conftest.py defines (--dist loadscope: a
+# notebook's nbval cells run in order in one kernel, the longest units go first). TEST_ARGS adds pytest options
+# ("-n 0": all in this one process).
 TEST_ARGS ?=
 test: setup
-	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(TEST_ARGS)
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadscope tests notebooks --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg $(TEST_ARGS)
 
 # JupyterLab on the series. Jupyter refuses to start as root (containers, some class servers) unless told to, so
 # --allow-root is added only then; LAB_ARGS adds more (in a container: LAB_ARGS="--ip=0.0.0.0 --no-browser").

@@ -36,3 +36,63 @@ def scratch_dir() -> str:
     """A temporary folder shared by the whole test session."""
     return _scratch
 
+
+# ---- how `make test` shares the suite between its workers (pytest-xdist, --dist loadscope) ----
+# A work unit runs whole in one worker. A notebook's nbval cells must run in order in one kernel, so a notebook is
+# one unit; so is every test file, except where its tests are independent and long: there each test (or each
+# listed test function) is a unit of its own, so that two workers can share the file.
+EACH_TEST_ALONE = {"tests/test_exercises.py", "tests/test_jupyterlab_browser.py"}
+FUNCTIONS_ALONE = {"tests/test_hostile.py": {"test_hostile_input_gets_one_line",
+                                             "test_fuzzed_files_load_or_raise_the_one_error"}}
+# The longest units first (measured with --durations), so no long one is left to run alone at the end.
+LONGEST_FIRST = ["tests/test_jupyterlab_browser.py::test_notebook_runs_in_jupyterlab",
+                 "tests/test_exercises.py::test_student_edition", "notebooks/", "tests/test_nbgrader.py",
+                 "tests/test_hostile.py", "tests/test_jupyterlab_browser.py", "tests/test_html_edition.py",
+                 "tests/test_pocket.py", "tests/test_engine_loop.py", "tests/test_speculative.py"]
+
+
+def work_unit(nodeid: str) -> str:
+    path, _, test = nodeid.partition("::")
+    if path.endswith(".ipynb"):
+        return path
+    if path in EACH_TEST_ALONE:
+        return nodeid
+    if test.split("[")[0] in FUNCTIONS_ALONE.get(path, ()):
+        return f"{path}::{test.split('[')[0]}"
+    return path
+
+
+def unit_rank(unit: str) -> int:
+    return next((i for i, prefix in enumerate(LONGEST_FIRST) if unit.startswith(prefix)), len(LONGEST_FIRST))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadscope":
+        return None  # any other --dist: xdist's own way
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SeriesScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+        def schedule(self) -> None:
+            # xdist queues the units by their number of tests; here they are queued by rank (collection order
+            # within a rank), then handed out as xdist does: one each, and more whenever a worker runs low
+            # (it uses xdist's own queue; an xdist without it keeps its own order)
+            if (self.collection is not None or not hasattr(self, "workqueue")
+                    or not self._check_nodes_have_same_collection()):
+                return super().schedule()
+            self.collection = list(next(iter(self.registered_collections.values())))
+            units: dict[str, dict[str, bool]] = {}
+            for nodeid in self.collection:
+                units.setdefault(work_unit(nodeid), {})[nodeid] = False
+            for unit in sorted(units, key=unit_rank):
+                self.workqueue[unit] = units[unit]
+            for node in self.nodes:
+                if self.workqueue:
+                    self._assign_work_unit(node)
+            for node in self.nodes:
+                self._reschedule(node)
+
+    return SeriesScheduling(config, log)
