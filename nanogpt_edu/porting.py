@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch.overrides import TorchFunctionMode
 
 from .errors import NanogptEduError, shown
 from .limits import MAX_CONFIG_BYTES, check_memory, check_model_dims, read_bounded, refuse_system_file
@@ -117,11 +118,29 @@ def config_to_hf(config: GPTConfig) -> dict:
     }
 
 
+class _NoInitOnMeta(TorchFunctionMode):
+    """Skips the random init of tensors on the meta device: they have no values to fill, and torch's meta version
+    of the init loads ``torch._dynamo`` on its first call (about 1.5 s, in every process that builds a model)."""
+
+    INIT = {torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_, torch.nn.init.zeros_,
+            torch.nn.init.ones_, torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = args[0] if args else kwargs.get("tensor")  # nn.init passes it by name
+        if func in self.INIT and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return func(*args, **kwargs)
+
+
+def _meta_model(config: GPTConfig) -> GPT:
+    # built on the meta device: no memory and no random init, even for gpt2-xl
+    with torch.device("meta"), _NoInitOnMeta():
+        return GPT(config)
+
+
 def _expected_shapes(config: GPTConfig) -> dict[str, torch.Size]:
-    # building on the meta device costs no memory, even for gpt2-xl
-    with torch.device("meta"):
-        model = GPT(config)
-    return {k: v.shape for k, v in model.state_dict().items()}
+    return {k: v.shape for k, v in _meta_model(config).state_dict().items()}
 
 
 HEAD = "lm_head.weight"  # GPT-2's output head: the token embedding's own tensor (tied), never a separate one
@@ -272,8 +291,7 @@ def _first_line(error: BaseException) -> str:
 
 def _empty_model(config: GPTConfig, dtype: torch.dtype) -> GPT:
     # built on the meta device (no memory, no random init), then given real but unfilled memory once
-    with torch.device("meta"):
-        model = GPT(config).to(dtype)
+    model = _meta_model(config).to(dtype)
     try:
         model.to_empty(device="cpu")
     except (RuntimeError, MemoryError):  # the memory check estimates; the allocator has the last word

@@ -458,3 +458,21 @@ def test_gpt2_availability_offline_and_with_a_cached_copy(tmp_path):
     code = "from nanogpt_edu.porting import gpt2_availability\nprint(gpt2_availability()['gpt2'])\n"
     result = run_python(code, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
     assert result.stdout.strip() == "in the Hugging Face cache", result.stderr
+
+
+def test_building_on_the_meta_device_skips_only_the_meta_init_and_loads_no_dynamo():
+    # torch's meta version of the random init imports torch._dynamo (about 1.5 s per process); porting skips it
+    code = """
+import sys
+import torch
+from nanogpt_edu import load_model
+from nanogpt_edu.porting import _NoInitOnMeta
+model = load_model("pocket")
+print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
+with _NoInitOnMeta():
+    cpu = torch.nn.Linear(64, 64)  # a real tensor: its init still runs
+print(round(cpu.weight.std().item(), 2) > 0, torch.equal(model(torch.tensor([[0, 1]]))[0], model(torch.tensor([[0, 1]]))[0]))
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["no", "dynamo", "True", "True"]
