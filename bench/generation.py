@@ -11,6 +11,9 @@ in which every method, and the 1 GiB memory reads that give the bandwidth bound,
   one-token step (``nanogpt_edu.fast``);
 * transformers is ``GPT2LMHeadModel.generate`` on the same weights.
 
+The time-per-token figures (and ``results.json``'s curves) time one run token by token: nanoGPT's loop, the KV
+cache through the lesson's modules (``engine=False``) and the KV cache through the engine.
+
 Every run checks that the three give the same tokens. The memory is read two ways, by PyTorch's sum and by the
 decode kernel's product, and the bound uses the faster: the kernel's four streams per core can read faster than
 the sum's one. Never run as a test: the numbers depend on the machine and on what else it is doing.
@@ -104,10 +107,10 @@ def seconds(fn):
     return timed
 
 
-def time_per_position(model, x: torch.Tensor, new: int, use_cache: bool) -> list[float]:
+def time_per_position(model, x: torch.Tensor, new: int, use_cache: bool, engine: bool = True) -> list[float]:
     """Return the seconds each generated token took, in order (so index i is context length len(x) + i)."""
     times, last = [], time.perf_counter()
-    for _ in generate_steps(model, x, new, temperature=0, use_cache=use_cache):
+    for _ in generate_steps(model, x, new, temperature=0, use_cache=use_cache, engine=engine):
         now = time.perf_counter()
         times.append(now - last)
         last = now
@@ -190,7 +193,9 @@ def main() -> None:
         rows.append(bench_one("gpt2-124M dims", gpt2, gpt2_hf, args.new, args.repeats, big))
         x = torch.tensor([[15496, 11, 616, 1438, 318]])
         with torch.no_grad():
+            # the cached step twice: through the lesson's modules, and through the engine (generate's default)
             curves = {name: {"naive (nanoGPT's loop)": time_per_position(m, x, args.new, False),
+                             "KV cache, the lesson's model": time_per_position(m, x, args.new, True, engine=False),
                              "KV cache": time_per_position(m, x, args.new, True)}
                       for name, m in (("pocket", pocket), ("gpt2-124M dims", gpt2))}
     print(f"{'model':16} {'new':>4} {'naive':>8} {'cached':>8} {'HF':>8} {'cached/naive':>13} {'ours/HF':>8} "
