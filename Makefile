@@ -53,9 +53,8 @@ student: setup
 assignment: setup
 	$(PY) scripts/nbgrader_assignment.py --out build/classroom
 
-# speed and memory measurements: prints tables, writes build/bench/ (untracked); on a quiet machine it took about
-# 14 minutes (measured before the changes of 2026-12-02, which did not re-run it). `make bench-update` writes
-# the committed copy in bench/results/ instead.
+# speed and memory measurements: prints tables, writes build/bench/ (untracked); it took 9 and 11 minutes in two
+# runs on one 2-core machine (2026-12-03). `make bench-update` writes the committed copy in bench/results/ instead.
 BENCH_OUT ?= build/bench
 bench: setup
 	$(PY) bench/generation.py --out $(BENCH_OUT)
