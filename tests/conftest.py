@@ -62,6 +62,10 @@ def work_unit(nodeid: str) -> str:
     return path
 
 
+XDIST_PARTS = ("workqueue", "registered_collections", "_check_nodes_have_same_collection", "_assign_work_unit",
+               "_reschedule")
+
+
 def unit_rank(unit: str) -> int:
     return next((i for i, prefix in enumerate(LONGEST_FIRST) if unit.startswith(prefix)), len(LONGEST_FIRST))
 
@@ -79,8 +83,8 @@ def pytest_xdist_make_scheduler(config, log):
         def schedule(self) -> None:
             # xdist queues the units by their number of tests; here they are queued by rank (collection order
             # within a rank), then handed out as xdist does: one each, and more whenever a worker runs low
-            # (it uses xdist's own queue; an xdist without it keeps its own order)
-            if (self.collection is not None or not hasattr(self, "workqueue")
+            # (it uses xdist's own queue and hand-out; an xdist without them keeps its own order)
+            if (self.collection is not None or not all(hasattr(self, name) for name in XDIST_PARTS)
                     or not self._check_nodes_have_same_collection()):
                 return super().schedule()
             self.collection = list(next(iter(self.registered_collections.values())))
