@@ -57,8 +57,9 @@ def work_unit(nodeid: str) -> str:
         return path
     if path in EACH_TEST_ALONE:
         return nodeid
-    if test.split("[")[0] in FUNCTIONS_ALONE.get(path, ()):
-        return f"{path}::{test.split('[')[0]}"
+    function = test.split("[")[0]  # the test function, without its parameters
+    if function in FUNCTIONS_ALONE.get(path, ()):
+        return f"{path}::{function}"
     return path
 
 
