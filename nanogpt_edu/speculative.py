@@ -5,7 +5,8 @@ head, are a smaller language model that costs nothing to get. Here it *drafts* `
 time, and the full model then scores all of them in **one** forward pass. The rule of Leviathan et al. (2023) and
 Chen et al. (2023) keeps a prefix of the drafts and draws one more token so that the text comes from exactly the
 full model's distribution, whatever the draft proposed: with ``temperature=0`` the output is plain greedy
-decoding's, token for token.
+decoding's, token for token. At temperature 0 every distribution is one-hot and the rule comes down to "keep the
+drafts while they are the full model's argmax", so that case is written out directly, with no draws.
 
 The draft's blocks are the full model's first blocks, fed the same tokens, so their keys and values are the same:
 one ``KVCache`` serves both (LayerSkip shares it the same way). After each round the cache is cut back to the
@@ -113,7 +114,7 @@ def speculative_rounds(
     idx = _check_speculative_args(model, idx, max_new_tokens, draft_layers, draft_tokens, temperature, top_k,
                                   top_p, min_p)
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    n_layer = model.config.n_layer
+    n_layer, greedy = model.config.n_layer, temperature == 0
     cache = model.new_cache(1, capacity=idx.size(1) + max(max_new_tokens, 1))
     if idx.size(1) > 1:
         forward_layers(model, idx[:, :-1], cache, n_layer)  # the prompt but its last token, which each round feeds
@@ -123,16 +124,26 @@ def speculative_rounds(
         k = min(draft_tokens, max_new_tokens - generated - 1)  # a round gives up to k + 1 tokens
         last, drafts, q_rows = idx[:, -1:], [], []
         for _ in range(k):  # draft: the first draft_layers blocks, one token at a time
-            q = token_probs(forward_layers(model, last, cache, draft_layers)[0, -1], **settings)  # (V,)
-            last = torch.multinomial(q, num_samples=1, generator=generator).view(1, 1)
+            draft_logits = forward_layers(model, last, cache, draft_layers)[0, -1]  # (V,)
+            if greedy:  # as nanochat does at temperature 0: the argmax, no distribution to draw from
+                last = draft_logits.argmax().view(1, 1)
+            else:
+                q = token_probs(draft_logits, **settings)  # (V,)
+                last = torch.multinomial(q, num_samples=1, generator=generator).view(1, 1)
+                q_rows.append(q)
             drafts.append(last)
-            q_rows.append(q)
         drafted = torch.cat(drafts, dim=1) if drafts else idx.new_zeros(1, 0)  # (1, k)
         cache.length = start  # verify: the full model over the last token and the k drafts, in one pass
-        p = token_probs(forward_layers(model, torch.cat((idx[:, -1:], drafted), dim=1), cache, n_layer)[0],
-                        **settings)  # (k + 1, V)
-        q = torch.stack(q_rows) if q_rows else p.new_zeros(0, p.size(-1))
-        accepted, next_token = accept_or_resample(p, q, drafted[0], generator)
+        full_logits = forward_layers(model, torch.cat((idx[:, -1:], drafted), dim=1), cache, n_layer)[0]  # (k+1, V)
+        if greedy:  # the rule on one-hot distributions: keep drafts while they are the full model's argmax
+            choice = full_logits.argmax(dim=-1)  # (k + 1,)
+            agree = (choice[:k] == drafted[0]).tolist() + [False]
+            accepted = agree.index(False)
+            next_token = int(choice[accepted])
+        else:
+            p = token_probs(full_logits, **settings)  # (k + 1, V)
+            q = torch.stack(q_rows) if q_rows else p.new_zeros(0, p.size(-1))
+            accepted, next_token = accept_or_resample(p, q, drafted[0], generator)
         # roll back: keep the last token and the accepted drafts; the rejected drafts' keys and values are dropped
         cache.length = start + 1 + accepted
         tokens = torch.cat((drafted[:, :accepted], idx.new_full((1, 1), next_token)), dim=1)
