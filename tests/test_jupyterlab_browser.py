@@ -1,8 +1,9 @@
 """Every notebook in a real JupyterLab, and the static edition's sampling explorer, in headless Chromium.
 
-JupyterLab runs on localhost (random free port, token) over a copy of the notebooks; each one is opened, run from
-the Run menu as a learner would, and checked for what the page shows: its plots, no error output, and in 05 the
-sampling explorer answering a slider. Then the static edition's 05 page is opened as a file, with every request
+JupyterLab runs on localhost (random free port, token) over a copy of the notebooks; in one JupyterLab page, kept
+open as a learner keeps it, each notebook is opened from the file browser, run from the Run menu, checked for what
+the page shows (its plots, no error output, and in 05 the sampling explorer answering a slider), then saved and
+closed from the File menu. Then the static edition's 05 page is opened as a file, with every request
 that would leave the machine refused and recorded, and its sliders are moved: the bars and the tokens-kept count
 must be what ``nanogpt_edu.sampling`` computes on the page's own logits. Screenshots go to artifacts/.
 
@@ -44,14 +45,14 @@ if not Path(CHROMIUM).exists() and not REQUIRED:
     pytest.skip(NO_CHROMIUM, allow_module_level=True)  # one line in the summary for the whole file
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def chromium() -> str:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{NO_CHROMIUM}; NANOGPT_EDU_REQUIRE_BROWSER=1 makes them required")
     return CHROMIUM
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(chromium):
     from playwright.sync_api import sync_playwright
 
@@ -61,7 +62,7 @@ def browser(chromium):
         b.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def edition_notebooks(tmp_path_factory) -> Path:
     """The notebooks whose 05 stores the sampling explorer's output (see ``notebooks_with_explorer``)."""
     return notebooks_with_explorer(tmp_path_factory.mktemp("explorer") / "notebooks")
@@ -73,7 +74,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lab(tmp_path_factory, edition_notebooks):
     """Start JupyterLab over a copy of the notebooks; yield (base URL, token)."""
     port, token = free_port(), secrets.token_hex(16)
@@ -198,12 +199,46 @@ def press_slider(page, title: str, key: str, times: int) -> None:
 
 # ---- the tests ----
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_in_jupyterlab(lab, browser, edition_notebooks, name):
+@pytest.fixture(scope="session")
+def lab_pages(lab, browser):
+    """One JupyterLab page, kept open from notebook to notebook as a learner keeps it (loading JupyterLab's
+    page costs seconds of CPU); ``open_page()`` gives it back with no notebook open, or a fresh one after a test
+    that failed with its notebook still open."""
     base, token = lab
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    # a workspace of its own, so JupyterLab opens this notebook alone
-    page.goto(f"{base}/lab/workspaces/{name}/tree/{name}.ipynb?token={token}")
+    held = {}
+
+    def open_page():
+        page = held.get("page")
+        if page is not None and page.locator(".jp-NotebookPanel").count() == 0:
+            return page
+        if page is not None:
+            page.close(run_before_unload=False)
+        page = held["page"] = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/lab/workspaces/series?token={token}")  # an empty workspace of its own
+        page.wait_for_selector(".jp-DirListing-item", timeout=90_000)
+        return page
+
+    yield open_page
+    if held.get("page") is not None:
+        held["page"].close(run_before_unload=False)
+
+
+def close_notebook(page) -> None:
+    """Save the notebook (the server's copy) and close its tab, both from the File menu, as a learner would."""
+    for command in ("docmanager:save", "application:close"):  # File > Save Notebook, File > Close Tab
+        page.get_by_role("menuitem", name="File", exact=True).click()
+        page.locator(f".lm-Menu-item[data-command='{command}']").click()
+        if command == "docmanager:save":  # saved: a clean notebook closes without asking
+            page.wait_for_selector(".lm-TabBar-tab.jp-mod-dirty", state="detached", timeout=30_000)
+    page.wait_for_selector(".jp-NotebookPanel", state="detached", timeout=30_000)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_in_jupyterlab(lab, lab_pages, edition_notebooks, name):
+    base, token = lab
+    page = lab_pages()
+    # open it from the file browser, as a learner would
+    page.locator(".jp-DirListing-item", has_text=f"{name}.ipynb").dblclick()
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
     # the kernel the notebook asks for is the project's
     page.wait_for_selector(".jp-Toolbar-kernelName:has-text('Python (nanogpt-edu)')", timeout=60_000)
@@ -248,7 +283,7 @@ def test_notebook_runs_in_jupyterlab(lab, browser, edition_notebooks, name):
     time.sleep(0.5)  # let the last redraw reach the page
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"jupyterlab_{name}.png"))
-    page.close()
+    close_notebook(page)
     shut_down_kernels(base, token)
 
 
@@ -308,7 +343,7 @@ WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21
               "resultTypes": ["violations"]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def editions(edition_notebooks, tmp_path_factory) -> Path:
     sys.path.insert(0, str(ROOT / "scripts"))
     from html_edition import build_editions
