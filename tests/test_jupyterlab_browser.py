@@ -223,13 +223,17 @@ def lab_pages(lab, browser):
         held["page"].close(run_before_unload=False)
 
 
+def from_file_menu(page, command: str) -> None:
+    """Click the File menu's item for ``command`` (by command: the items' names carry their shortcuts)."""
+    page.get_by_role("menuitem", name="File", exact=True).click()
+    page.locator(f".lm-Menu-item[data-command='{command}']").click()
+
+
 def close_notebook(page) -> None:
     """Save the notebook (the server's copy) and close its tab, both from the File menu, as a learner would."""
-    for command in ("docmanager:save", "application:close"):  # File > Save Notebook, File > Close Tab
-        page.get_by_role("menuitem", name="File", exact=True).click()
-        page.locator(f".lm-Menu-item[data-command='{command}']").click()
-        if command == "docmanager:save":  # saved: a clean notebook closes without asking
-            page.wait_for_selector(".lm-TabBar-tab.jp-mod-dirty", state="detached", timeout=30_000)
+    from_file_menu(page, "docmanager:save")  # Save Notebook: a clean notebook then closes without asking
+    page.wait_for_selector(".lm-TabBar-tab.jp-mod-dirty", state="detached", timeout=30_000)
+    from_file_menu(page, "application:close")  # Close Tab
     page.wait_for_selector(".jp-NotebookPanel", state="detached", timeout=30_000)
 
 
