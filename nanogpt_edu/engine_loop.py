@@ -10,7 +10,8 @@ few ways that notebook 08 runs one by one; the ones worth reusing are here:
 - ``generate_with_tool``: forced tokens; when the text reaches a trigger, a tool's answer is written into the
   sequence by the loop itself, and a mask records which tokens were sampled and which were forced.
 
-Like ``nanogpt_edu.speculative`` it sits above the lesson and uses ``model.py``'s ``KVCache`` as it is.
+Like ``nanogpt_edu.speculative`` it sits above the lesson and uses ``model.py``'s ``KVCache`` as it is; like
+``generate``, ``generate_samples`` hands its one-token steps to the engine (``nanogpt_edu.fast``) unless told not to.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
+from . import fast  # the engine's one-token step, as generate uses it
 from .errors import NanogptEduError
 from .model import GPT, KVCache
 from .sampling import _check_generate_args, _sample, check_sampling_args
@@ -76,14 +78,16 @@ def generate_samples(
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
+    engine: bool = True,
 ) -> torch.Tensor:
     """Return ``num_samples`` continuations of the prompt ``idx`` (1, T): (num_samples, T + max_new_tokens).
 
     The prompt runs through the model once; its cache is copied into ``num_samples`` rows (``repeat_cache``),
     and every step runs one token per row, all rows in one forward pass. Row i draws with ``generators[i]``
     and ``nanogpt_edu.sampling``'s rule, so it gets the tokens ``generate(model, idx, ...,
-    generator=generators[i])`` would give on its own. Past ``block_size`` the window slides and is recomputed
-    for all rows, as ``generate`` does.
+    generator=generators[i], engine=engine)`` would give on its own. Past ``block_size`` the window slides and
+    is recomputed for all rows, as ``generate`` does. ``engine=False`` runs the one-token steps through the
+    model's own modules instead of the engine's step (``nanogpt_edu.fast``), as ``generate``'s flag does.
     """
     idx = _checked(model, idx, max_new_tokens, temperature, top_k, top_p, min_p)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -99,6 +103,7 @@ def generate_samples(
     logits, _ = model(prompt, cache=prefill)  # (1, 1, vocab_size): the prompt, once
     cache = repeat_cache(prefill, num_samples, capacity)
     logits = logits[:, -1, :].expand(num_samples, -1)  # every row starts from the same scores
+    decode_step = fast.decode_step_for(model, cache) if engine else None  # None: the modules' forward
     rows = idx.expand(num_samples, -1)
     for step in range(max_new_tokens):
         idx_next = torch.cat([_sample(logits[i : i + 1], temperature, top_k, top_p, min_p, g)
@@ -109,6 +114,8 @@ def generate_samples(
         if rows.size(1) > block_size:  # the window slid: nothing cached is valid (notebook 06)
             cache.reset()
             logits, _ = model(rows[:, -block_size:], cache=cache)
+        elif decode_step is not None:
+            logits = decode_step(idx_next)  # one token per row, all rows in one step
         else:
             logits, _ = model(idx_next, cache=cache)
         logits = logits[:, -1, :]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nanogpt_edu import NanogptEduError, load_model
+from nanogpt_edu import NanogptEduError, fast, load_model
 from nanogpt_edu.engine_loop import generate_samples, generate_with_tool, nanochat_sample_next_token, repeat_cache
 from nanogpt_edu.sampling import generate, top_k_mask
 from nanogpt_edu.tokenizer import decode, encode
@@ -42,16 +42,37 @@ def test_temperature_zero_is_the_argmax_and_bad_settings_raise_one_line():
         nanochat_sample_next_token(logits[0])
 
 
-@pytest.mark.parametrize("settings", [dict(temperature=0.8, top_k=200), dict(temperature=1.0, top_p=0.9)])
-def test_one_prefill_for_three_samples_gives_three_separate_runs_tokens_across_the_window(pocket, settings):
+# the engine's rows against separate runs through the same engine; the modules' rows against nanoGPT's own loop
+@pytest.mark.parametrize("settings, engine, reference", [
+    (dict(temperature=0.8, top_k=200), True, dict(engine=True)),
+    (dict(temperature=1.0, top_p=0.9), False, dict(use_cache=False)),
+])
+def test_one_prefill_for_three_samples_gives_three_separate_runs_tokens_across_the_window(pocket, settings, engine,
+                                                                                         reference):
     x = torch.tensor([encode("Hello, my name is")])
     seeds = (1337, 7, 2024)
     rows = generate_samples(pocket, x, 3, 140, generators=[torch.Generator().manual_seed(s) for s in seeds],
-                            **settings)  # 5 + 140 > block_size 128: the window slides
-    separate = [generate(pocket, x, 140, generator=torch.Generator().manual_seed(s), use_cache=False, **settings)
+                            engine=engine, **settings)  # 5 + 140 > block_size 128: the window slides
+    separate = [generate(pocket, x, 140, generator=torch.Generator().manual_seed(s), **reference, **settings)
                 for s in seeds]
     assert torch.equal(rows, torch.cat(separate))
     assert not torch.equal(rows[0], rows[1])
+
+
+def test_generate_samples_hands_one_token_steps_to_the_engine_only_when_asked(pocket, monkeypatch):
+    calls = []
+    real = fast.decode_step_for
+
+    def counting(model, cache):
+        step = real(model, cache)
+        return lambda idx: calls.append(idx.shape) or step(idx)
+
+    monkeypatch.setattr(fast, "decode_step_for", counting)
+    x = torch.tensor([encode("ROMEO:")])
+    for engine in (False, True):
+        generate_samples(pocket, x, 2, 6, generators=[torch.Generator().manual_seed(s) for s in (1, 2)],
+                         engine=engine)
+    assert calls == [(2, 1)] * 5  # with the engine only: the 5 steps after the prefill, both rows in each
 
 
 def test_repeat_cache_copies_the_prompt_into_every_row(pocket):

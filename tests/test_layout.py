@@ -74,17 +74,17 @@ def test_no_import_circles_in_the_package():
         visit(module, [module])
 
 
-def test_only_generate_reaches_the_engine():
+def test_only_the_two_generation_loops_reach_the_engine():
     graph = package_graph()
     users = {module for module, targets in graph.items()
              if any(t.startswith("nanogpt_edu.fast") for t in targets) and not module.startswith("nanogpt_edu.fast")}
-    assert users == {"nanogpt_edu.sampling"}
+    assert users == {"nanogpt_edu.sampling", "nanogpt_edu.engine_loop"}  # generate, and nanochat's generate_samples
     for name in LESSON:
         module = f"nanogpt_edu.{name}"
         assert module in graph, module
     assert "nanogpt_edu.model" in graph["nanogpt_edu.fast.decode"]  # the wing reads the lesson's modules
-    sampling = (PACKAGE / "sampling.py").read_text(encoding="utf-8")
-    assert sampling.count("fast.") == 1  # one call site: generate_steps picks the step once per call
+    for loop in ("sampling.py", "engine_loop.py"):  # one call site each: the step is picked once per call
+        assert (PACKAGE / loop).read_text(encoding="utf-8").count("fast.") == 1, loop
 
 
 def test_the_kernel_source_ships_as_package_data():
