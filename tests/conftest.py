@@ -2,7 +2,9 @@
 
 import os
 import socket
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +37,30 @@ socket.socket.connect = _guarded_connect
 def scratch_dir() -> str:
     """A temporary folder shared by the whole test session."""
     return _scratch
+
+
+# ---- the static HTML editions, built once per worker for every test that reads them ----
+
+@pytest.fixture(scope="session")
+def edition_notebooks(tmp_path_factory):
+    """A copy of the notebooks whose 05 stores the sampling explorer as the code draws it now (see
+    ``test_html_edition.notebooks_with_explorer``)."""
+    from test_html_edition import notebooks_with_explorer
+
+    return notebooks_with_explorer(tmp_path_factory.mktemp("explorer") / "notebooks")
+
+
+@pytest.fixture(scope="session")
+def built_editions(edition_notebooks, tmp_path_factory):
+    """Both static editions of ``edition_notebooks``, as ``scripts/html_edition.py`` writes them: (the folder
+    holding ``teacher/`` and ``student/``, the pages ``build_editions`` returned for each)."""
+    scripts = str(Path(__file__).resolve().parent.parent / "scripts")  # the HTML edition is a repository tool
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from html_edition import build_editions
+
+    out = tmp_path_factory.mktemp("editions")
+    return out, build_editions(edition_notebooks, out)
 
 
 # ---- how `make test` shares the suite between its workers (pytest-xdist, --dist loadscope) ----

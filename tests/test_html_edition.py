@@ -91,13 +91,14 @@ def assert_offline(text: str, notebook: Path) -> None:
         assert script in allowed or not re.search(r"https?://", script), script[:300]
 
 
-def test_static_edition_has_every_page_with_its_figures_and_links(tmp_path):
-    pages = build(NOTEBOOK_DIR, tmp_path)
-    index = (tmp_path / "index.html").read_text(encoding="utf-8")
-    assert pages[0].name == "index.html"
-    for path in notebooks(NOTEBOOK_DIR):
-        page = tmp_path / f"{path.stem}.html"
-        assert page.is_file()
+def test_static_edition_has_every_page_with_its_figures_and_links(built_editions, edition_notebooks):
+    folder, pages = built_editions
+    teacher = folder / "teacher"
+    assert pages["teacher"][0].name == "index.html"
+    index = (teacher / "index.html").read_text(encoding="utf-8")
+    for path in notebooks(edition_notebooks):
+        page = teacher / f"{path.stem}.html"
+        assert page in pages["teacher"] and page.is_file()
         text = page.read_text(encoding="utf-8")
         figures = figure_count(path)
         # every stored figure is embedded in the page (the template adds one small icon of its own)
@@ -105,15 +106,15 @@ def test_static_edition_has_every_page_with_its_figures_and_links(tmp_path):
         assert not re.search(r'href="\d\d_\w+\.ipynb"', text)  # links lead to the other HTML pages
         assert_offline(text, path)  # nothing to fetch: it works offline
         assert f'href="{path.stem}.html"' in index
+    assert [p.name for p in notebooks(edition_notebooks)] == [p.name for p in notebooks(NOTEBOOK_DIR)]
     assert figure_count(NOTEBOOK_DIR / f"{SAMPLING}.ipynb") >= 3  # the sampling notebook's plots
+    assert figure_count(edition_notebooks / f"{SAMPLING}.ipynb") == figure_count(NOTEBOOK_DIR / f"{SAMPLING}.ipynb")
     assert "Learning goals" not in index and "<li>" in index  # goals are listed as items under each notebook
 
 
-def test_the_sampling_explorer_survives_into_the_static_edition(tmp_path):
-    folder = notebooks_with_explorer(tmp_path / "notebooks")
-    build(folder, tmp_path / "html")
-    text = (tmp_path / "html" / f"{SAMPLING}.html").read_text(encoding="utf-8")
-    stored = explorer_outputs(folder / f"{SAMPLING}.ipynb")
+def test_the_sampling_explorer_survives_into_the_static_edition(built_editions, edition_notebooks):
+    text = (built_editions[0] / "teacher" / f"{SAMPLING}.html").read_text(encoding="utf-8")
+    stored = explorer_outputs(edition_notebooks / f"{SAMPLING}.ipynb")
     assert len(stored) == 1
     # every script of the output, BokehJS and the explorer's data and code, is in the page as stored (nbconvert
     # tidies the HTML around them), though BokehJS's code mentions URLs
@@ -121,7 +122,7 @@ def test_the_sampling_explorer_survives_into_the_static_edition(tmp_path):
     assert len(scripts) >= 3 and sum(map(len, scripts)) > 1_000_000 and "https://" in "".join(scripts)
     assert all(script in text for script in scripts)
     assert re.search(r'<div\b[^>]*data-root-id=', text)  # and the placeholder BokehJS draws into
-    assert_offline(text, folder / f"{SAMPLING}.ipynb")
+    assert_offline(text, edition_notebooks / f"{SAMPLING}.ipynb")
 
 
 @pytest.mark.parametrize("tag", [
@@ -146,12 +147,10 @@ from html_edition import build_editions, figure_alt  # noqa: E402
 from series import SeriesError, cell_tags, read_notebook, title_and_goals  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def editions(tmp_path_factory) -> Path:
-    """Both editions, built once for the tests that only read them."""
-    folder = tmp_path_factory.mktemp("editions")
-    build_editions(NOTEBOOK_DIR, folder)
-    return folder
+@pytest.fixture
+def editions(built_editions) -> Path:
+    """The folder of both editions (built once, from the notebooks with a fresh explorer: conftest.py)."""
+    return built_editions[0]
 
 
 def page_text(page: str) -> str:

@@ -28,7 +28,7 @@ import nbformat
 import pytest
 import torch
 
-from test_html_edition import SAMPLING, figure_count, notebooks_with_explorer
+from test_html_edition import SAMPLING, figure_count
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -60,12 +60,6 @@ def browser(chromium):
         b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         yield b
         b.close()
-
-
-@pytest.fixture(scope="session")
-def edition_notebooks(tmp_path_factory) -> Path:
-    """The notebooks whose 05 stores the sampling explorer's output (see ``notebooks_with_explorer``)."""
-    return notebooks_with_explorer(tmp_path_factory.mktemp("explorer") / "notebooks")
 
 
 def free_port() -> int:
@@ -291,14 +285,10 @@ def test_notebook_runs_in_jupyterlab(lab, lab_pages, edition_notebooks, name):
     shut_down_kernels(base, token)
 
 
-def test_static_edition_sampling_explorer_follows_its_sliders(browser, edition_notebooks, tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from html_edition import build
-
+def test_static_edition_sampling_explorer_follows_its_sliders(browser, built_editions):
     from nanogpt_edu import load_model
     from nanogpt_edu.explorer import next_token_logits
 
-    build(edition_notebooks, tmp_path)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     # the page must not need the network: refuse and record anything that is not the file itself or inline data
     remote = []
@@ -311,7 +301,7 @@ def test_static_edition_sampling_explorer_follows_its_sliders(browser, edition_n
             route.abort()
 
     page.route("**/*", only_local)
-    page.goto((tmp_path / f"{SAMPLING}.html").as_uri())
+    page.goto((built_editions[0] / "teacher" / f"{SAMPLING}.html").as_uri())
     page.wait_for_selector(".kept-count", timeout=60_000)
 
     # what the page opens with: the pocket model's logits, under nanoGPT's defaults (temperature 0.8, top-k 200)
@@ -347,14 +337,9 @@ WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21
               "resultTypes": ["violations"]}
 
 
-@pytest.fixture(scope="session")
-def editions(edition_notebooks, tmp_path_factory) -> Path:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from html_edition import build_editions
-
-    out = tmp_path_factory.mktemp("editions")
-    build_editions(edition_notebooks, out)
-    return out
+@pytest.fixture
+def editions(built_editions) -> Path:
+    return built_editions[0]  # both editions, built once per worker (conftest.py)
 
 
 EDITION_PAGES = [f"{edition}/{page}" for edition in ("teacher", "student") for page in ["index", *NOTEBOOKS]]
