@@ -63,6 +63,12 @@ def built_editions(edition_notebooks, tmp_path_factory):
     return out, build_editions(edition_notebooks, out)
 
 
+@pytest.fixture
+def editions(built_editions):
+    """The folder holding both editions, for the tests that only read their pages."""
+    return built_editions[0]
+
+
 # ---- how `make test` shares the suite between its workers (pytest-xdist, --dist loadscope) ----
 # A work unit runs whole in one worker. A notebook's nbval cells must run in order in one kernel, so a notebook is
 # one unit; so is every test file, except where its tests are independent and long: there each test (or each

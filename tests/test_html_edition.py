@@ -112,8 +112,8 @@ def test_static_edition_has_every_page_with_its_figures_and_links(built_editions
     assert "Learning goals" not in index and "<li>" in index  # goals are listed as items under each notebook
 
 
-def test_the_sampling_explorer_survives_into_the_static_edition(built_editions, edition_notebooks):
-    text = (built_editions[0] / "teacher" / f"{SAMPLING}.html").read_text(encoding="utf-8")
+def test_the_sampling_explorer_survives_into_the_static_edition(editions, edition_notebooks):
+    text = (editions / "teacher" / f"{SAMPLING}.html").read_text(encoding="utf-8")
     stored = explorer_outputs(edition_notebooks / f"{SAMPLING}.ipynb")
     assert len(stored) == 1
     # every script of the output, BokehJS and the explorer's data and code, is in the page as stored (nbconvert
@@ -145,12 +145,6 @@ import subprocess  # noqa: E402
 
 from html_edition import build_editions, figure_alt  # noqa: E402
 from series import SeriesError, cell_tags, read_notebook, title_and_goals  # noqa: E402
-
-
-@pytest.fixture
-def editions(built_editions) -> Path:
-    """The folder of both editions (built once, from the notebooks with a fresh explorer: conftest.py)."""
-    return built_editions[0]
 
 
 def page_text(page: str) -> str:

@@ -285,7 +285,7 @@ def test_notebook_runs_in_jupyterlab(lab, lab_pages, edition_notebooks, name):
     shut_down_kernels(base, token)
 
 
-def test_static_edition_sampling_explorer_follows_its_sliders(browser, built_editions):
+def test_static_edition_sampling_explorer_follows_its_sliders(browser, editions):
     from nanogpt_edu import load_model
     from nanogpt_edu.explorer import next_token_logits
 
@@ -301,7 +301,7 @@ def test_static_edition_sampling_explorer_follows_its_sliders(browser, built_edi
             route.abort()
 
     page.route("**/*", only_local)
-    page.goto((built_editions[0] / "teacher" / f"{SAMPLING}.html").as_uri())
+    page.goto((editions / "teacher" / f"{SAMPLING}.html").as_uri())
     page.wait_for_selector(".kept-count", timeout=60_000)
 
     # what the page opens with: the pocket model's logits, under nanoGPT's defaults (temperature 0.8, top-k 200)
@@ -335,11 +335,6 @@ def test_static_edition_sampling_explorer_follows_its_sliders(browser, built_edi
 
 WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]},
               "resultTypes": ["violations"]}
-
-
-@pytest.fixture
-def editions(built_editions) -> Path:
-    return built_editions[0]  # both editions, built once per worker (conftest.py)
 
 
 EDITION_PAGES = [f"{edition}/{page}" for edition in ("teacher", "student") for page in ["index", *NOTEBOOKS]]
