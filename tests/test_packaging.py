@@ -84,6 +84,20 @@ def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise():
     assert "--env GOMP_SPINCOUNT 1000" in (ROOT / "scripts" / "setup.sh").read_text()
 
 
+def test_a_worker_of_make_test_and_what_it_starts_use_one_thread():
+    # conftest.py gives each xdist worker one torch thread, so two workers on two cores do not oversubscribe them
+    import sys
+
+    import torch
+    from conftest import ONE_THREAD_PER_WORKER
+
+    if not ONE_THREAD_PER_WORKER:
+        pytest.skip("not an xdist worker, or OMP_NUM_THREADS was set by the user: their thread count stays")
+    child = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert (torch.get_num_threads(), child) == (1, "1")
+
+
 def test_every_readme_command_exists_as_written():
     readme = (ROOT / "README.md").read_text()
     makefile = (ROOT / "Makefile").read_text()
